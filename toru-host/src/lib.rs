@@ -1,0 +1,2 @@
+//! Host crash-isolated plugin processes.
+#![deny(missing_docs)]
