@@ -1,2 +1,56 @@
 //! Host crash-isolated plugin processes.
+//!
+//! A [`PluginHost`] finds plugin executables (`*.binary`) in a folder, asks each for its
+//! metadata, starts the enabled ones as separate processes, talks to them over Unix sockets
+//! (see `docs/protocol.md`), restarts them with backoff when they crash, gives each a private
+//! key-value namespace in a redb database, and writes their logs.
+//!
+//! ```no_run
+//! use toru_host::{PluginHost, PluginRequest};
+//!
+//! # async fn demo() -> Result<(), toru_host::Error> {
+//! let host = PluginHost::builder()
+//!     .plugin_dir("./plugins")
+//!     .data_dir("./data")
+//!     .start()
+//!     .await?;
+//! let mut events = host.subscribe(); // started, crashed, restarting, ...
+//! let response = host
+//!     .request_by_path(&PluginRequest::get("/hello-rust/"))
+//!     .await?;
+//! println!("{} {:?}", response.status, response.body);
+//! host.kv("hello-rust").set("greeting", "hi").await?;
+//! host.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every plugin runs in its own process group and dies with the host (the parent-death signal),
+//! so this crate is Linux-only.
 #![deny(missing_docs)]
+
+mod builder;
+mod check;
+mod config;
+mod connection;
+mod discovery;
+pub mod error;
+pub mod events;
+mod host;
+pub mod logs;
+mod process;
+mod request;
+mod shared;
+mod state;
+pub mod store;
+mod supervisor;
+
+pub use builder::PluginHostBuilder;
+pub use check::{CheckReport, CheckStep, check_plugin};
+pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
+pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
+pub use host::{PluginHost, PluginInfo, PluginState};
+pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
+pub use request::{PluginRequest, PluginResponse};
+pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};
+pub use supervisor::{HealthPolicy, RestartPolicy};

@@ -1,0 +1,56 @@
+// hello-rust's page in the Toru UI: an ES module with mount(container, api) and unmount(container).
+const PLUGIN_ID = "hello-rust";
+
+// api.fetch returns a Response like window.fetch.
+async function readJson(response) {
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return response.json();
+}
+
+function el(tag, props = {}, text = "") {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  if (text) node.textContent = text;
+  return node;
+}
+
+export function mount(container, api) {
+  container.replaceChildren();
+  const root = el("section", { className: "hello-plugin hello-rust" });
+  const heading = el("h1", {}, "Hello (Rust) \u{1F980}");
+  const greeting = el("p", { id: "hello-rust-greeting", className: "hello-greeting" }, "Loading\u2026");
+  const button = el("button", { type: "button", id: "hello-rust-increment", className: "hello-button" }, "Count");
+  const count = el("span", { id: "hello-rust-count", className: "hello-count count" }, "\u2013");
+  const row = el("p", { className: "hello-row" });
+  row.append(button, " ", count);
+  root.append(heading, greeting, row);
+  container.append(root);
+
+  api.fetch("")
+    .then(readJson)
+    .then((data) => {
+      greeting.textContent = `${data.message} (instance ${data.instance_id})`;
+    })
+    .catch((err) => {
+      greeting.textContent = `Could not load the greeting: ${err.message}`;
+    });
+
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const data = await readJson(await api.fetch("count", { method: "POST" }));
+      count.textContent = String(data.count);
+      api.showToast(`Count is now ${data.count}`);
+    } catch (err) {
+      count.textContent = "error";
+      api.showToast(`Counting failed: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+export function unmount(container) {
+  container.replaceChildren();
+  window.__toruUnmounted = PLUGIN_ID;
+}

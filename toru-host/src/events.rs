@@ -1,0 +1,147 @@
+//! Lifecycle events: what happened to a plugin, on the event stream and in `plugin_events`.
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of thing happened to a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A plugin file was found (at start or on rescan).
+    Discovered,
+    /// A plugin file went away (on rescan).
+    Removed,
+    /// A plugin could not be loaded (bad metadata, duplicate id, ...); `reason` says why.
+    LoadFailed,
+    /// An operator enabled the plugin.
+    Enabled,
+    /// The plugin was disabled, by an operator or by the supervisor (`reason` says which).
+    Disabled,
+    /// The plugin answered `ready` and serves requests.
+    Started,
+    /// The plugin stopped because the host asked it to.
+    Stopped,
+    /// The plugin exited or was killed without the host asking; `exit` and `stderr_tail` say how.
+    Crashed,
+    /// The plugin missed its health pings.
+    Unhealthy,
+    /// A restart is scheduled after `delay_ms`.
+    Restarting,
+    /// The plugin is running again after a crash.
+    Restarted,
+    /// The plugin failed and will not be restarted (exit code 78, an incompatible protocol, a
+    /// start that cannot work); `reason` says why.
+    Failed,
+}
+
+impl EventKind {
+    /// The kind's name, as stored and sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Discovered => "discovered",
+            EventKind::Removed => "removed",
+            EventKind::LoadFailed => "load_failed",
+            EventKind::Enabled => "enabled",
+            EventKind::Disabled => "disabled",
+            EventKind::Started => "started",
+            EventKind::Stopped => "stopped",
+            EventKind::Crashed => "crashed",
+            EventKind::Unhealthy => "unhealthy",
+            EventKind::Restarting => "restarting",
+            EventKind::Restarted => "restarted",
+            EventKind::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a plugin process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+impl From<std::process::ExitStatus> for ExitStatus {
+    fn from(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            (None, None) => ExitStatus::Code(-1),
+        }
+    }
+}
+
+/// One thing that happened to a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginEvent {
+    /// The plugin's id (for a plugin that failed to load before its id was known: its file
+    /// name).
+    pub plugin_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Why, in words, when there is more to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How the process ended, for `crashed`, `stopped` and `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitStatus>,
+    /// The delay before the next start, for `restarting`, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// The plugin's last stderr lines, for `crashed` and `failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stderr_tail: Vec<String>,
+}
+
+impl PluginEvent {
+    /// An event of `kind` for `plugin_id`, now, with nothing else said.
+    pub fn new(plugin_id: impl Into<String>, kind: EventKind) -> Self {
+        PluginEvent {
+            plugin_id: plugin_id.into(),
+            kind,
+            time_ms: toru_plugin_api::protocol::now_millis(),
+            reason: None,
+            exit: None,
+            delay_ms: None,
+            stderr_tail: Vec::new(),
+        }
+    }
+
+    /// The same event with a reason.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+}
+
+/// Which events to read back, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this plugin's events; `None` for every plugin.
+    pub plugin_id: Option<String>,
+    /// Skip this many pages.
+    pub page: u32,
+    /// Events per page (default 50, at most 1000).
+    pub page_size: u32,
+}

@@ -1,0 +1,232 @@
+//! Reads a plugin's log newest first, across its rotated files, at a bounded cost.
+//!
+//! The files are read backwards in 64 KiB blocks, and reading stops as soon as the page and one
+//! more entry (for `has_more`) are found. The cost is the entries skipped and returned, never the
+//! size of the files; the worst case (a level filter that matches nothing) reads every retained
+//! file once, which rotation bounds at `(max_files + 1) * max_file_bytes`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use super::entry::LogEntry;
+use super::{LogError, LogPage, LogQuery};
+
+/// How much is read from a file at a time.
+const BLOCK: u64 = 64 * 1024;
+
+/// A longer line is skipped rather than held in memory (the host never writes one: lines are
+/// capped at `max_line_bytes` before encoding).
+const MAX_LINE: usize = 16 * 1024 * 1024;
+
+/// The page `q` asks for from `path` (`<id>.log`) and its rotated files `<id>.log.1`, ...
+///
+/// The files are opened while holding `rotation`, which the writer holds while renaming them,
+/// so they are a consistent set; lines appended after opening are not seen.
+pub(super) fn read_page(
+    path: &Path,
+    rotation: &Mutex<()>,
+    q: &LogQuery,
+) -> Result<LogPage, LogError> {
+    let page_size = q.effective_page_size();
+    let files = {
+        let _no_renames = rotation.lock().unwrap_or_else(PoisonError::into_inner);
+        open_all(path)?
+    };
+    let mut to_skip = u64::from(q.page) * u64::from(page_size);
+    let want = page_size as usize + 1;
+    let mut entries = Vec::new();
+    'files: for (file_path, file) in files {
+        let mut lines =
+            RevLines::new(file, MAX_LINE).map_err(|source| io_error(&file_path, source))?;
+        while let Some(line) = lines
+            .next_line()
+            .map_err(|source| io_error(&file_path, source))?
+        {
+            let Ok(entry) = serde_json::from_slice::<LogEntry>(&line) else {
+                continue;
+            };
+            if q.min_level.is_some_and(|min| entry.level < min) {
+                continue;
+            }
+            if to_skip > 0 {
+                to_skip -= 1;
+                continue;
+            }
+            entries.push(entry);
+            if entries.len() == want {
+                break 'files;
+            }
+        }
+    }
+    let has_more = entries.len() > page_size as usize;
+    entries.truncate(page_size as usize);
+    Ok(LogPage {
+        entries,
+        page: q.page,
+        page_size,
+        has_more,
+    })
+}
+
+/// `<id>.log`, `<id>.log.1`, `<id>.log.2`, ... newest first, up to the first one missing.
+fn open_all(path: &Path) -> Result<Vec<(PathBuf, File)>, LogError> {
+    let mut files = Vec::new();
+    for n in 0usize.. {
+        let file_path = if n == 0 {
+            path.to_path_buf()
+        } else {
+            let mut name = path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        match File::open(&file_path) {
+            Ok(file) => files.push((file_path, file)),
+            // A missing current file (nothing logged since the last rotation, or never) does not
+            // mean there are no rotated ones.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && n == 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+            Err(source) => return Err(io_error(&file_path, source)),
+        }
+    }
+    Ok(files)
+}
+
+fn io_error(path: &Path, source: io::Error) -> LogError {
+    LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The lines of a file, last first, without their newlines.
+pub(super) struct RevLines {
+    file: File,
+    /// Where the bytes in `buf` start in the file.
+    pos: u64,
+    /// Bytes not yet returned, from `pos` on.
+    buf: Vec<u8>,
+    /// Longer lines are skipped.
+    max_line: usize,
+    /// Inside a line longer than `max_line`: drop its bytes until its start is found.
+    skipping: bool,
+}
+
+impl RevLines {
+    pub(super) fn new(mut file: File, max_line: usize) -> io::Result<RevLines> {
+        let len = file.seek(SeekFrom::End(0))?;
+        let mut lines = RevLines {
+            file,
+            pos: len,
+            buf: Vec::new(),
+            max_line,
+            skipping: false,
+        };
+        // The last line's newline ends it; it does not start an empty line after it.
+        lines.fill()?;
+        if lines.buf.last() == Some(&b'\n') {
+            lines.buf.pop();
+        }
+        Ok(lines)
+    }
+
+    pub(super) fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(newline) = self.buf.iter().rposition(|&b| b == b'\n') {
+                let line = self.buf.split_off(newline + 1);
+                self.buf.pop();
+                if std::mem::take(&mut self.skipping) || line.len() > self.max_line {
+                    continue; // an over-long line, or the start of one
+                }
+                return Ok(Some(line));
+            }
+            if self.pos == 0 {
+                if self.buf.is_empty() && !self.skipping {
+                    return Ok(None);
+                }
+                let line = std::mem::take(&mut self.buf);
+                if std::mem::take(&mut self.skipping) {
+                    return Ok(None);
+                }
+                return Ok(Some(line));
+            }
+            if self.buf.len() > self.max_line {
+                self.buf.clear();
+                self.skipping = true;
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Puts the block before `pos` in front of `buf`; at least as much as `buf` holds, so that a
+    /// long line costs a few copies, not one per block.
+    fn fill(&mut self) -> io::Result<()> {
+        let start = self.pos.saturating_sub(BLOCK.max(self.buf.len() as u64));
+        let len = (self.pos - start) as usize;
+        let mut block = vec![0; len + self.buf.len()];
+        self.file.seek(SeekFrom::Start(start))?;
+        self.file.read_exact(&mut block[..len])?;
+        block[len..].copy_from_slice(&self.buf);
+        self.buf = block;
+        self.pos = start;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn lines_of(content: &[u8]) -> Vec<Vec<u8>> {
+        lines_with_max(content, MAX_LINE)
+    }
+
+    fn lines_with_max(content: &[u8], max_line: usize) -> Vec<Vec<u8>> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(content).unwrap();
+        let mut r = RevLines::new(f, max_line).unwrap();
+        let mut out = Vec::new();
+        while let Some(l) = r.next_line().unwrap() {
+            out.push(l);
+        }
+        out
+    }
+
+    #[test]
+    fn reads_lines_last_first_across_blocks() {
+        let lines: Vec<String> = (0..40_000).map(|i| format!("line {i}")).collect();
+        let content = lines.join("\n") + "\n";
+        assert!(content.len() as u64 > 3 * BLOCK);
+        let got = lines_of(content.as_bytes());
+        let want: Vec<Vec<u8>> = lines.iter().rev().map(|l| l.clone().into_bytes()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn handles_empty_files_and_a_missing_last_newline() {
+        assert!(lines_of(b"").is_empty());
+        assert_eq!(lines_of(b"a\nb"), vec![b"b".to_vec(), b"a".to_vec()]);
+        // An empty file line is not a log entry.
+        assert!(lines_of(b"\n").is_empty());
+    }
+
+    #[test]
+    fn skips_a_line_longer_than_the_limit() {
+        let max_line = 1000;
+        for long in [max_line + 1, 3 * BLOCK as usize, 5 * BLOCK as usize + 17] {
+            let mut content = b"first\n".to_vec();
+            content.extend(std::iter::repeat_n(b'x', long));
+            content.extend(b"\nlast\n");
+            let got = lines_with_max(&content, max_line);
+            let lens: Vec<usize> = got.iter().map(Vec::len).collect();
+            assert_eq!(lens, [4, 5], "a {long}-byte line was not skipped");
+            assert_eq!(got, [b"last".to_vec(), b"first".to_vec()]);
+        }
+        // A long line at the start of the file.
+        let mut content = vec![b'x'; 3 * BLOCK as usize];
+        content.extend(b"\nlast\n");
+        assert_eq!(lines_with_max(&content, max_line), [b"last".to_vec()]);
+    }
+}

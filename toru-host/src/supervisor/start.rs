@@ -1,0 +1,150 @@
+//! Bringing a spawned plugin to `ready`: connect to its socket, `init`, negotiate the version.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::process::Child;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use toru_plugin_api::protocol::{CowStr, Init, Payload, VersionRange, error_code};
+
+use crate::connection::{CallFailure, Connection, Reply, Services};
+use crate::events::ExitStatus;
+use crate::shared::Shared;
+
+/// Why a start did not reach `ready`.
+#[derive(Debug)]
+pub(super) enum StartFailure {
+    /// The host asked the plugin to stop meanwhile.
+    Stopped,
+    Exited(ExitStatus),
+    Timeout(Duration),
+    Incompatible(String),
+    Refused(String),
+    Protocol(String),
+}
+
+impl StartFailure {
+    /// Whether a restart cannot help.
+    pub(super) fn is_final(&self) -> bool {
+        matches!(
+            self,
+            StartFailure::Incompatible(_) | StartFailure::Refused(_)
+        )
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFailure::Stopped => f.write_str("stopped during start-up"),
+            StartFailure::Exited(status) => {
+                write!(f, "plugin exited during start-up with {status}")
+            }
+            StartFailure::Timeout(t) => write!(f, "plugin was not ready within {t:?}"),
+            StartFailure::Incompatible(why) => write!(f, "plugin is incompatible: {why}"),
+            StartFailure::Refused(why) => write!(f, "plugin refused to start: {why}"),
+            StartFailure::Protocol(why) => {
+                write!(f, "plugin broke the protocol during start-up: {why}")
+            }
+        }
+    }
+}
+
+/// Connects to the plugin and completes `init`/`ready` within the start timeout.
+pub(super) async fn handshake(
+    shared: &Arc<Shared>,
+    id: &str,
+    socket: &Path,
+    child: &mut Child,
+    stop: &CancellationToken,
+) -> Result<(Connection, u32), StartFailure> {
+    let timeout = shared.settings.start_timeout;
+    let deadline = Instant::now() + timeout;
+    let attempt = async {
+        let stream = connect(socket).await;
+        let services = Services {
+            kv: shared.store.kv(id),
+            logs: shared.logs.clone(),
+        };
+        let conn = Connection::start(id, stream, shared.codec, services);
+        let settings = shared
+            .config()
+            .plugin(id)
+            .map(|p| p.settings.clone())
+            .unwrap_or_default();
+        let instance_id = shared.instance_id.to_string();
+        let socket_path = socket.to_string_lossy();
+        let log_path = shared.logs.path_for(id);
+        let log_path = log_path.to_string_lossy();
+        let init = Payload::Init(Init {
+            protocol: VersionRange::SUPPORTED,
+            instance_id: CowStr::borrowed(&instance_id),
+            plugin_id: CowStr::borrowed(id),
+            socket_path: CowStr::borrowed(&socket_path),
+            log_path: CowStr::borrowed(&log_path),
+            settings,
+        });
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let reply = conn.call(init, remaining).await;
+        (conn, reply)
+    };
+    let (conn, reply) = tokio::select! {
+        _ = stop.cancelled() => return Err(StartFailure::Stopped),
+        status = crate::process::wait_reaped(child) => return Err(StartFailure::Exited(status.into())),
+        _ = tokio::time::sleep_until(deadline) => return Err(StartFailure::Timeout(timeout)),
+        done = attempt => done,
+    };
+    let failure = match reply {
+        Ok(Reply::Ready(ready)) if VersionRange::SUPPORTED.contains(ready.protocol_version) => {
+            return Ok((conn, ready.protocol_version));
+        }
+        Ok(Reply::Ready(ready)) => StartFailure::Incompatible(format!(
+            "it chose protocol {}, outside the offered {}",
+            ready.protocol_version,
+            VersionRange::SUPPORTED
+        )),
+        Ok(Reply::Error { code, message }) if code == error_code::UNSUPPORTED_PROTOCOL_VERSION => {
+            StartFailure::Incompatible(message)
+        }
+        Ok(Reply::Error { code, message }) if code == error_code::INIT_REFUSED => {
+            StartFailure::Refused(message)
+        }
+        Ok(Reply::Error { code, message }) => {
+            StartFailure::Protocol(format!("it answered init with error {code}: {message}"))
+        }
+        Ok(other) => StartFailure::Protocol(format!("it answered init with {other:?}")),
+        Err(CallFailure::Timeout) => StartFailure::Timeout(timeout),
+        Err(CallFailure::TooLarge { len, max }) => {
+            StartFailure::Protocol(format!("init of {len} bytes exceeds the {max}-byte limit"))
+        }
+        Err(CallFailure::Closed) => {
+            // Closed because the plugin exited (say why) or broke the protocol (say that).
+            let reason = conn.close_reason().unwrap_or_default();
+            let grace = Duration::from_secs(1);
+            match tokio::time::timeout(grace, crate::process::wait_reaped(child)).await {
+                Ok(status) => StartFailure::Exited(status.into()),
+                Err(_) => StartFailure::Protocol(reason),
+            }
+        }
+    };
+    conn.close(failure.to_string());
+    Err(failure)
+}
+
+/// Connects to the socket once the plugin listens on it. Runs until it succeeds; the caller
+/// bounds it with the start timeout and the process's exit.
+async fn connect(socket: &Path) -> UnixStream {
+    let mut delay = Duration::from_millis(1);
+    loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => return stream,
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(25));
+            }
+        }
+    }
+}

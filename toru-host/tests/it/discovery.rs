@@ -1,0 +1,133 @@
+//! Finding plugins, and the ones that cannot be loaded (T1-T4).
+
+use std::time::Duration;
+
+use toru_host::events::EventKind;
+use toru_host::{ManageError, PluginState, StartError};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn missing_plugins_folder_is_created_and_host_runs_empty() {
+    let env = Env::new();
+    assert!(!env.plugins().exists());
+    let host = env.start().await;
+    assert!(env.plugins().is_dir());
+    assert!(host.list().is_empty());
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn broken_files_are_listed_with_reasons_and_do_not_stop_the_others() {
+    let env = Env::new();
+    env.install_test_plugin("no-metadata", "silent");
+    env.install_test_plugin("bad-metadata", "bad");
+    env.install_test_plugin("metadata-fails", "failing");
+    env.install_test_plugin("metadata-hangs", "hanging");
+    env.install_test_plugin("serve", "good");
+    // Same id as `good`, from another file.
+    let dup = env.plugins().join("zz-dup.binary");
+    std::fs::copy(env.plugins().join("good.binary"), &dup).unwrap();
+    // Not executable.
+    let plain = env.plugins().join("plain.binary");
+    std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+    // A link that leaves the folder.
+    std::os::unix::fs::symlink("/bin/true", env.plugins().join("outside.binary")).unwrap();
+    // Not a .binary at all: ignored.
+    std::fs::write(env.plugins().join("notes.txt"), "hi").unwrap();
+
+    let mut b = env.builder();
+    b.metadata_timeout(Duration::from_millis(500));
+    let host = b.start().await.unwrap();
+    let mut rx = host.subscribe();
+    let reason = |id: &str| host.get(id).unwrap().load_error.unwrap_or_default();
+    assert!(
+        reason("silent.binary").contains("metadata"),
+        "{}",
+        reason("silent.binary")
+    );
+    assert!(
+        reason("bad.binary").contains("not valid"),
+        "{}",
+        reason("bad.binary")
+    );
+    assert!(
+        reason("failing.binary").contains("metadata is broken today"),
+        "{}",
+        reason("failing.binary")
+    );
+    assert!(
+        reason("hanging.binary").contains("did not finish"),
+        "{}",
+        reason("hanging.binary")
+    );
+    assert!(
+        reason("zz-dup.binary").contains("already used by good.binary"),
+        "{}",
+        reason("zz-dup.binary")
+    );
+    assert!(
+        reason("plain.binary").contains("not executable"),
+        "{}",
+        reason("plain.binary")
+    );
+    assert!(
+        reason("outside.binary").contains("outside the plugins folder"),
+        "{}",
+        reason("outside.binary")
+    );
+    assert!(host.get("notes.txt").is_err());
+    for info in host.list() {
+        if info.id != "good" {
+            assert!(matches!(info.state, PluginState::Failed { .. }), "{info:?}");
+        }
+    }
+    // The good one runs despite its neighbours.
+    if host.get("good").unwrap().state != PluginState::Running {
+        wait_event(&mut rx, "good", EventKind::Started).await;
+    }
+    let err = host.enable("bad.binary").await.unwrap_err();
+    assert!(matches!(err, ManageError::NotLoadable { .. }), "{err}");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn corrupt_config_is_an_error_naming_the_file_and_is_not_overwritten() {
+    let env = Env::new();
+    let config = env.plugins().join(".metadata/config.json");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, b"{\"plugins\": [oops").unwrap();
+    let err = env.builder().start().await.unwrap_err();
+    assert!(matches!(err, StartError::Config(_)), "{err}");
+    assert!(err.to_string().contains("config.json"), "{err}");
+    assert_eq!(std::fs::read(&config).unwrap(), b"{\"plugins\": [oops");
+}
+
+#[tokio::test]
+async fn instance_id_is_a_uuid_v4_made_once_and_kept() {
+    let env = Env::new();
+    let host = env.start().await;
+    let first = host.instance_id();
+    assert_eq!(first.get_version_num(), 4);
+    host.shutdown().await;
+    let host = env.start().await;
+    assert_eq!(host.instance_id(), first);
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn rescan_picks_up_new_plugins_and_forgets_removed_ones() {
+    let env = Env::new();
+    let host = env.start().await;
+    let mut rx = host.subscribe();
+    let file = env.install_test_plugin("serve", "late");
+    host.rescan().await.unwrap();
+    wait_event(&mut rx, "late", EventKind::Started).await;
+    let pid = pid_of(&host, "late");
+    std::fs::remove_file(file).unwrap();
+    host.rescan().await.unwrap();
+    wait_event(&mut rx, "late", EventKind::Removed).await;
+    assert!(host.get("late").is_err());
+    assert!(!alive(pid), "plugin process {pid} outlived its removal");
+    host.shutdown().await;
+}

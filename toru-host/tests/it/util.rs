@@ -1,0 +1,217 @@
+//! Fixtures: a temp dir per test, plugin files installed in it, and waiting on host events.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+use toru_host::events::{EventKind, PluginEvent};
+use toru_host::{HealthPolicy, PluginHost, PluginHostBuilder, RestartPolicy};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One test's folders: plugins, data, logs and sockets all inside one temp dir.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        // Short paths: socket paths must stay under ~100 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("th")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        Env { dir }
+    }
+
+    pub fn plugins(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// A builder on this env's folders with fast restarts and no pings during a test.
+    pub fn builder(&self) -> PluginHostBuilder {
+        let mut b = PluginHost::builder();
+        b.plugin_dir(self.plugins())
+            .data_dir(self.data())
+            .log_dir(self.logs())
+            .socket_dir(self.dir.path())
+            .start_timeout(Duration::from_secs(10))
+            .stop_grace(Duration::from_secs(2))
+            .restart_policy(fast_restarts())
+            .health_policy(HealthPolicy {
+                interval: Duration::from_secs(3600),
+                ..HealthPolicy::default()
+            });
+        b
+    }
+
+    pub async fn start(&self) -> PluginHost {
+        self.builder().start().await.expect("host starts")
+    }
+
+    fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        std::fs::create_dir_all(self.plugins()).unwrap();
+        let path = self.plugins().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`.
+    pub fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
+        let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
+        let script = format!("#!/bin/sh\nexec '{bin}' {mode} {id} \"$@\"\n");
+        self.install_file(&format!("{id}.binary"), script.as_bytes())
+    }
+
+    /// Installs the Rust example plugin as `hello-rust.binary`.
+    pub fn install_rust_example(&self) -> PathBuf {
+        let bin = example_binary("hello-plugin-rust");
+        self.install_file("hello-rust.binary", &std::fs::read(bin).unwrap())
+    }
+
+    /// Installs the Python example plugin as `hello-python.binary`.
+    pub fn install_python_example(&self) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello-plugin-python/hello-plugin-python.binary");
+        self.install_file("hello-python.binary", &std::fs::read(src).unwrap())
+    }
+}
+
+/// A binary of another workspace package, built by `cargo test --workspace` (or
+/// `cargo build --workspace`) before the tests run.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` (the README's test command does) first",
+        path.display()
+    );
+    path
+}
+
+pub fn fast_restarts() -> RestartPolicy {
+    RestartPolicy {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(40),
+        max_consecutive_crashes: 10,
+        reset_after: Duration::from_secs(60),
+    }
+}
+
+/// Waits for the first event that matches, skipping others.
+pub async fn wait_for(
+    rx: &mut broadcast::Receiver<PluginEvent>,
+    what: &str,
+    mut pred: impl FnMut(&PluginEvent) -> bool,
+) -> PluginEvent {
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("event stream closed before {what}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits for `kind` on plugin `id`.
+pub async fn wait_event(
+    rx: &mut broadcast::Receiver<PluginEvent>,
+    id: &str,
+    kind: EventKind,
+) -> PluginEvent {
+    wait_for(rx, &format!("{kind} of {id}"), |e| {
+        e.plugin_id == id && e.kind == kind
+    })
+    .await
+}
+
+/// Collects `id`'s events until one of `last` arrives, returning their kinds in order.
+pub async fn kinds_until(
+    rx: &mut broadcast::Receiver<PluginEvent>,
+    id: &str,
+    last: EventKind,
+) -> Vec<EventKind> {
+    let mut kinds = Vec::new();
+    wait_for(rx, &format!("{last} of {id}"), |e| {
+        if e.plugin_id == id {
+            kinds.push(e.kind);
+        }
+        e.plugin_id == id && e.kind == last
+    })
+    .await;
+    kinds
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the field after the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            state != Some("Z") && state != Some("X")
+        }
+        Err(_) => false,
+    }
+}
+
+/// The running pid of plugin `id`.
+pub fn pid_of(host: &PluginHost, id: &str) -> u32 {
+    host.get(id)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .pid
+        .unwrap_or_else(|| panic!("{id} has no pid"))
+}
+
+/// The pid of the `sleep` a `spawn-child` test plugin started (it writes it next to itself
+/// once it has the host's connection).
+pub fn grandchild_pid(env: &Env, id: &str) -> u32 {
+    let path = env.plugins().join(format!("{id}.child-pid"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `kind` of plugin `id` is in the database (it may have happened before the
+/// caller could subscribe), and returns the plugin's recorded events, oldest first.
+pub async fn wait_recorded(host: &PluginHost, id: &str, kind: EventKind) -> Vec<PluginEvent> {
+    let mut rx = host.subscribe();
+    let query = toru_host::events::EventQuery {
+        plugin_id: Some(id.to_owned()),
+        page: 0,
+        page_size: 1000,
+    };
+    loop {
+        let mut events = host.events(&query).await.expect("events");
+        if events.iter().any(|e| e.kind == kind) {
+            events.reverse();
+            return events;
+        }
+        wait_for(&mut rx, &format!("{kind} of {id}"), |e| e.plugin_id == id).await;
+    }
+}

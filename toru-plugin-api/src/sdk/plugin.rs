@@ -1,0 +1,65 @@
+//! The trait a Rust plugin implements.
+
+use async_trait::async_trait;
+
+use super::context::{KvError, PluginContext};
+use super::http::{Request, Response};
+use crate::protocol::PluginMetadata;
+
+/// A Toru plugin. Implement it and hand the value to [`run`](crate::run) from `main`.
+///
+/// The SDK calls [`init`](Self::init) once, when the host has connected, and then
+/// [`handle_http`](Self::handle_http) for every request, many at once, each in its own task. A
+/// request the host cancels (because it timed out) is dropped at its next `.await`.
+///
+/// The trait uses [`async_trait`](macro@async_trait::async_trait): put `#[async_trait]` on the
+/// `impl` block too.
+#[async_trait]
+pub trait ToruPlugin: Send + Sync + 'static {
+    /// What `--metadata` prints. The SDK fills in `protocol` (when `None`) with the versions it
+    /// speaks, and sets `frontend` when [`bundle`](Self::bundle) returns a script.
+    fn metadata(&self) -> PluginMetadata;
+
+    /// Called once the host has sent `init`, before any request. Returning an error refuses to
+    /// start: the host gets an `error` with code `init_refused` and the reason, the reason goes to
+    /// stderr, and [`run`](crate::run) exits with [`EXIT_CONFIG`](crate::protocol::EXIT_CONFIG)
+    /// (78), which the host reads as "do not restart". Check license keys and settings here.
+    ///
+    /// The default accepts any settings.
+    async fn init(&self, ctx: &PluginContext) -> Result<(), InitError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Answers one HTTP request for the plugin's route. `req.path` is the full path
+    /// (`/hello-rust/count`); [`Request::subpath`] is the part after the route. Only paths at or
+    /// below the route reach the handler: the SDK answers any other with 404
+    /// `{"error": "not found"}`. A panic becomes an `error` reply with code `plugin_error`.
+    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response;
+
+    /// The frontend bundle, an ES module that exports `mount(container, api)` and
+    /// `unmount(container)`, served to the host's `get_bundle`. `None` (the default) answers
+    /// `not_found`.
+    fn bundle(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Why a plugin refused to start (see [`ToruPlugin::init`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The plugin's own reason, for example "license key expired on 2025-01-31".
+    #[error("{0}")]
+    Refused(String),
+    /// A KV call made during init failed.
+    #[error("a kv call during init failed")]
+    Kv(#[from] KvError),
+}
+
+impl InitError {
+    /// A refusal with the given reason.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        InitError::Refused(reason.into())
+    }
+}

@@ -1,0 +1,449 @@
+//! The connection loop: `init`/`ready`, then requests until `shutdown` or the host hangs up.
+//!
+//! One task reads frames and never waits on a handler: each `http_request` runs in its own task,
+//! `ping`, `get_bundle` and `cancel` are answered on the spot, and replies to the plugin's own
+//! KV requests are routed to the waiting call. Everything written goes through the writer task.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt as _, StreamExt as _};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use super::context::{Link, PluginContext};
+use super::error_chain;
+use super::http::{Request, Response};
+use super::plugin::{InitError, ToruPlugin};
+use super::writer::write_loop;
+use crate::codec::{CodecError, Frame, JsonCodec};
+use crate::protocol::{
+    Bundle, CowStr, EXIT_CONFIG, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready,
+    RequestId, VersionRange, error_code,
+};
+
+/// How long `shutdown` waits for requests in flight.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the end of a connection waits for queued replies to be written.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a connection ended badly. [`exit_code`](Self::exit_code) is what [`run`](crate::run)
+/// exits with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The host's protocol versions and the plugin's do not overlap. The host got an `error`
+    /// with code `unsupported_protocol_version`.
+    #[error(
+        "the host offers protocol {host} and this plugin speaks {plugin}: no version in common"
+    )]
+    UnsupportedVersion {
+        /// What the host offered in `init`.
+        host: VersionRange,
+        /// What the plugin speaks.
+        plugin: VersionRange,
+    },
+    /// [`ToruPlugin::init`] refused to start. The host got an `error` with code
+    /// `init_refused`.
+    #[error("the plugin refused to start")]
+    InitRefused(#[source] InitError),
+    /// The connection broke: a frame over the size limit, the stream ending inside a frame, or
+    /// an i/o error.
+    #[error("the connection to the host failed")]
+    Connection(#[from] CodecError),
+}
+
+impl ServeError {
+    /// The process exit code for this error: [`EXIT_CONFIG`] (78, "do not restart") for a
+    /// version mismatch or a refused init, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServeError::UnsupportedVersion { .. } | ServeError::InitRefused(_) => EXIT_CONFIG,
+            ServeError::Connection(_) => 1,
+        }
+    }
+}
+
+/// Serves one host connection that is already established, until the host sends `shutdown`
+/// (then in-flight requests get up to 5 s to finish) or closes the connection.
+///
+/// [`run`](crate::run) binds the socket, accepts the host and calls this. Call it yourself to
+/// drive a plugin over a socket pair in tests.
+///
+/// # Errors
+/// [`ServeError`] when the connection ends in a way the host should hear about through the exit
+/// code; `Ok` after `shutdown` or the host hanging up.
+pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), ServeError> {
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(write, rx));
+    let link = Arc::new(Link::new(tx));
+    let meta = plugin.metadata();
+    let mut conn = Connection {
+        id: meta.id,
+        route: meta.route,
+        plugin: Arc::new(plugin),
+        link: link.clone(),
+        frames: FramedRead::new(read, JsonCodec::new()),
+        tasks: JoinSet::new(),
+        in_flight: Arc::default(),
+        ctx: None,
+        state: State::Initialising,
+    };
+    let result = conn.run().await;
+    // Handlers still running hold context clones; nobody waits for their replies any more.
+    conn.tasks.shutdown().await;
+    link.disconnect();
+    link.close();
+    // Bounded, so that a host that stops reading cannot keep the plugin alive.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+    result
+}
+
+type InFlight = Arc<Mutex<HashMap<RequestId, AbortHandle>>>;
+
+type InitFuture = Pin<Box<dyn Future<Output = Result<(), InitError>> + Send>>;
+
+fn lock(in_flight: &InFlight) -> MutexGuard<'_, HashMap<RequestId, AbortHandle>> {
+    in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `init` came; the plugin's `init` is running.
+    Initialising,
+    Serving,
+    /// `shutdown` came: no new requests, and the connection ends at the deadline.
+    Draining(Instant),
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Connection<P> {
+    /// The plugin's id and route, from its metadata.
+    id: String,
+    route: String,
+    plugin: Arc<P>,
+    link: Arc<Link>,
+    frames: FramedRead<OwnedReadHalf, JsonCodec>,
+    tasks: JoinSet<()>,
+    /// Requests whose handler runs, by the host's request id. A handler removes its own entry
+    /// before it replies, and `cancel` removes it before aborting, both under the lock, so a
+    /// cancelled request never gets a reply.
+    in_flight: InFlight,
+    ctx: Option<PluginContext>,
+    state: State,
+}
+
+impl<P: ToruPlugin> Connection<P> {
+    async fn run(&mut self) -> Result<(), ServeError> {
+        let Some((init, init_id)) = self.await_init().await? else {
+            return Ok(());
+        };
+        let plugin_range = VersionRange::SUPPORTED;
+        let Some(version) = plugin_range.negotiate(&init.protocol) else {
+            let err = ServeError::UnsupportedVersion {
+                host: init.protocol,
+                plugin: plugin_range,
+            };
+            self.reply_error(
+                init_id,
+                error_code::UNSUPPORTED_PROTOCOL_VERSION,
+                err.to_string(),
+            );
+            return Err(err);
+        };
+        let ctx = PluginContext::new(init, version, self.link.clone());
+        self.ctx = Some(ctx.clone());
+        let plugin = self.plugin.clone();
+        let mut init_fut: Option<InitFuture> =
+            Some(Box::pin(async move { plugin.init(&ctx).await }));
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            let deadline = match self.state {
+                State::Draining(at) => Some(at),
+                _ => None,
+            };
+            tokio::select! {
+                result = poll_some(&mut init_fut), if init_fut.is_some() => {
+                    init_fut = None;
+                    if let Err(e) = result {
+                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                        return Err(ServeError::InitRefused(e));
+                    }
+                    let ready = Payload::Ready(Ready { protocol_version: version });
+                    self.link.send(Message::new(init_id, ready));
+                    eprintln!("{} ready (protocol {version})", self.id);
+                    if self.state == State::Initialising {
+                        self.state = State::Serving;
+                    }
+                }
+                item = self.frames.next() => {
+                    if let Flow::Stop = self.on_item(item)? {
+                        return Ok(());
+                    }
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    eprintln!(
+                        "{}: {} requests still running {}s after shutdown; closing anyway",
+                        self.id,
+                        self.tasks.len(),
+                        DRAIN_TIMEOUT.as_secs()
+                    );
+                    return Ok(());
+                }
+            }
+            if matches!(self.state, State::Draining(_)) && self.tasks.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads until `init`, refusing everything else. `None` when the host hangs up first.
+    async fn await_init(
+        &mut self,
+    ) -> Result<Option<(Init<'static>, Option<RequestId>)>, ServeError> {
+        loop {
+            let Some(frame) = self.frames.next().await.transpose()? else {
+                return Ok(None);
+            };
+            let msg = match frame.message() {
+                Ok(msg) => msg,
+                Err(e) => {
+                    self.refuse_malformed(&e);
+                    continue;
+                }
+            };
+            let id = msg.request_id;
+            match msg.payload {
+                Payload::Init(init) => match Payload::Init(init).into_owned() {
+                    Payload::Init(init) => return Ok(Some((init, id))),
+                    _ => unreachable!("into_owned keeps the variant"),
+                },
+                other if id.is_some() => {
+                    let text = format!("expected init first, got {}", other.type_name());
+                    self.reply_error(id, error_code::BAD_REQUEST, text);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_item(&mut self, item: Option<Result<Frame, CodecError>>) -> Result<Flow, ServeError> {
+        let Some(frame) = item.transpose()? else {
+            return Ok(Flow::Stop);
+        };
+        match frame.message() {
+            Ok(msg) => Ok(self.on_message(msg, frame.bytes())),
+            Err(e) => {
+                self.refuse_malformed(&e);
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
+        let id = msg.request_id;
+        match msg.payload {
+            Payload::HttpRequest(req) => self.on_http(id, req, frame),
+            Payload::GetBundle => self.on_get_bundle(id),
+            Payload::Ping => {
+                self.link.send(Message::new(id, Payload::Pong));
+            }
+            Payload::Cancel => {
+                if let Some(handle) = id.and_then(|id| lock(&self.in_flight).remove(&id)) {
+                    handle.abort();
+                }
+            }
+            Payload::Shutdown => {
+                if self.state == State::Initialising {
+                    return Flow::Stop;
+                }
+                if !matches!(self.state, State::Draining(_)) {
+                    self.state = State::Draining(Instant::now() + DRAIN_TIMEOUT);
+                }
+            }
+            Payload::KvResult(r) => self.on_reply(id, Ok(own_kv_result(r))),
+            Payload::Error(e) => self.on_reply(
+                id,
+                Err(ErrorReply {
+                    code: e.code.into_owned(),
+                    message: e.message.into_owned(),
+                }),
+            ),
+            Payload::Unknown(t) => {
+                if id.is_some() {
+                    let text = format!("unknown message type {:?}", t.as_str());
+                    self.reply_error(id, error_code::UNKNOWN_TYPE, text);
+                }
+            }
+            Payload::Init(_) => {
+                self.reply_error(id, error_code::BAD_REQUEST, "init was already received");
+            }
+            other @ (Payload::Kv(_) | Payload::Log(_)) => {
+                let text = format!("{} is sent by plugins, not by the host", other.type_name());
+                self.reply_error(id, error_code::BAD_REQUEST, text);
+            }
+            // Replies to requests this side never sends.
+            other => tracing::debug!(r#type = other.type_name(), "ignored an unexpected reply"),
+        }
+        Flow::Continue
+    }
+
+    fn on_http(&mut self, id: Option<RequestId>, req: HttpRequest<'_>, frame: &Bytes) {
+        let Some(id) = id else {
+            let text = "an http_request needs a request_id";
+            return self.reply_error(None, error_code::BAD_REQUEST, text);
+        };
+        if let Some((code, text)) = self.refusal() {
+            return self.reply_error(Some(id), code, text);
+        }
+        let req = match Request::from_wire(req, frame) {
+            Ok(req) => req,
+            Err(e) => return self.reply_error(Some(id), error_code::BAD_REQUEST, e.to_string()),
+        };
+        if !is_under(&req.path, &self.route) {
+            let res = Response::error(404, "not found").into_wire();
+            self.link
+                .send(Message::with_id(id, Payload::HttpResponse(res)));
+            return;
+        }
+        let in_flight = self.in_flight.clone();
+        let mut map = lock(&in_flight);
+        if map.contains_key(&id) {
+            drop(map);
+            let text = format!("request {id} is already in flight");
+            return self.reply_error(Some(id), error_code::BAD_REQUEST, text);
+        }
+        let ctx = self
+            .ctx
+            .clone()
+            .expect("a context exists once init has come");
+        let task = handle_one(
+            self.plugin.clone(),
+            ctx,
+            req,
+            id,
+            self.link.clone(),
+            self.in_flight.clone(),
+        );
+        // Spawned under the lock, so the handler cannot look for its entry before it exists.
+        map.insert(id, self.tasks.spawn(task));
+    }
+
+    fn on_get_bundle(&mut self, id: Option<RequestId>) {
+        if let Some((code, text)) = self.refusal() {
+            return self.reply_error(id, code, text);
+        }
+        match self.plugin.bundle() {
+            Some(script) => {
+                let bundle = Bundle {
+                    script: script.to_owned().into(),
+                };
+                self.link.send(Message::new(id, Payload::Bundle(bundle)));
+            }
+            None => self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend"),
+        }
+    }
+
+    /// Why a new request cannot be taken now, if it cannot.
+    fn refusal(&self) -> Option<(&'static str, &'static str)> {
+        match self.state {
+            State::Initialising => Some((
+                error_code::BAD_REQUEST,
+                "the plugin has not finished starting; wait for ready",
+            )),
+            State::Serving => None,
+            State::Draining(_) => Some((error_code::SHUTTING_DOWN, "the plugin is shutting down")),
+        }
+    }
+
+    fn on_reply(&self, id: Option<RequestId>, reply: super::context::Reply) {
+        let routed = id.is_some_and(|id| self.link.resolve(id, reply));
+        if !routed {
+            tracing::debug!(request.id = ?id, "a reply matched no request in flight");
+        }
+    }
+
+    fn refuse_malformed(&self, e: &CodecError) {
+        let id = match e {
+            CodecError::Malformed { request_id, .. } => *request_id,
+            _ => None,
+        };
+        self.reply_error(id, error_code::BAD_REQUEST, error_chain(e));
+    }
+
+    fn reply_error(&self, id: Option<RequestId>, code: &'static str, text: impl Into<String>) {
+        self.link.send(Message::error(id, code, text.into()));
+    }
+}
+
+/// Runs one handler and sends its reply, unless a `cancel` came first.
+async fn handle_one<P: ToruPlugin>(
+    plugin: Arc<P>,
+    ctx: PluginContext,
+    req: Request,
+    id: RequestId,
+    link: Arc<Link>,
+    in_flight: InFlight,
+) {
+    let outcome = AssertUnwindSafe(plugin.handle_http(&ctx, req))
+        .catch_unwind()
+        .await;
+    let reply = match outcome {
+        Ok(res) => Message::with_id(id, Payload::HttpResponse(res.into_wire())),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let text = format!("the handler panicked: {what}");
+            Message::error(Some(id), error_code::PLUGIN_ERROR, text)
+        }
+    };
+    let mut map = lock(&in_flight);
+    if map.remove(&id).is_some() {
+        link.send(reply);
+    }
+}
+
+/// Whether `path` is `route` or below it (`/acme`, `/acme/`, `/acme/x`; not `/acmex`).
+fn is_under(path: &str, route: &str) -> bool {
+    path.strip_prefix(route)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+async fn poll_some(fut: &mut Option<InitFuture>) -> Result<(), InitError> {
+    match fut {
+        Some(fut) => fut.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn own_kv_result(r: KvResult<'_>) -> KvResult<'static> {
+    KvResult {
+        value: r.value.map(CowStr::into_owned),
+        existed: r.existed,
+        keys: r
+            .keys
+            .map(|k| k.into_iter().map(CowStr::into_owned).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

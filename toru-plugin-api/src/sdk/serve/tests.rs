@@ -1,0 +1,549 @@
+//! The serve loop driven over a socket pair by a test playing the host.
+
+use std::time::Duration;
+
+use futures_util::SinkExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+
+use super::*;
+use crate::protocol::{HttpResponse, KvRequest, Level, PluginMetadata};
+use crate::sdk::Response;
+use crate::sdk::run::effective_metadata;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A plugin whose `/t/gated` handler waits for a permit, and that reports when a handler starts
+/// and when it is dropped.
+struct TestPlugin {
+    gate: Arc<Semaphore>,
+    dropped: mpsc::UnboundedSender<String>,
+}
+
+struct DropSignal(String, mpsc::UnboundedSender<String>);
+
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        let _ = self.1.send(format!("drop {}", self.0));
+    }
+}
+
+#[async_trait::async_trait]
+impl ToruPlugin for TestPlugin {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata {
+            id: "t".into(),
+            name: "T".into(),
+            version: "1".into(),
+            author: String::new(),
+            description: String::new(),
+            icon: String::new(),
+            route: "/t".into(),
+            protocol: None,
+            frontend: false,
+            license_required: false,
+        }
+    }
+
+    async fn init(&self, ctx: &PluginContext) -> Result<(), InitError> {
+        if let Some(reason) = ctx.setting("refuse") {
+            return Err(InitError::refused(reason.as_str().unwrap_or_default()));
+        }
+        if ctx.setting("read_kv_in_init").is_some() {
+            ctx.kv().get("boot").await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
+        let _ = self.dropped.send(format!("start {}", req.query));
+        let _signal = DropSignal(req.query.clone(), self.dropped.clone());
+        match req.subpath() {
+            "/gated" => {
+                let _permit = self.gate.acquire().await.expect("gate open");
+                Response::text(200, req.query.clone())
+            }
+            "/kv" => {
+                let before = match ctx.kv().get("k").await {
+                    Ok(v) => v,
+                    Err(e) => return Response::error(500, &e.to_string()),
+                };
+                ctx.kv().set("k", "v").await.expect("set");
+                ctx.info("set k");
+                Response::json(200, &serde_json::json!({ "before": before }))
+            }
+            "/panic" => panic!("boom"),
+            "/binary" => Response::bytes(200, "application/octet-stream", vec![0xffu8, 0xfe]),
+            _ => Response::error(418, "the handler saw this path"),
+        }
+    }
+
+    fn bundle(&self) -> Option<&str> {
+        Some("export function mount() {}")
+    }
+}
+
+struct Host {
+    frames: Framed<UnixStream, JsonCodec>,
+    served: JoinHandle<Result<(), ServeError>>,
+    gate: Arc<Semaphore>,
+    dropped: mpsc::UnboundedReceiver<String>,
+}
+
+impl Host {
+    fn start() -> Self {
+        let (ours, theirs) = UnixStream::pair().expect("socket pair");
+        let gate = Arc::new(Semaphore::new(0));
+        let (tx, dropped) = mpsc::unbounded_channel();
+        let plugin = TestPlugin {
+            gate: gate.clone(),
+            dropped: tx,
+        };
+        Host {
+            frames: Framed::new(ours, JsonCodec::new()),
+            served: tokio::spawn(serve(plugin, theirs)),
+            gate,
+            dropped,
+        }
+    }
+
+    async fn send(&mut self, msg: Message<'_>) {
+        self.frames.send(msg).await.expect("send to the plugin");
+    }
+
+    async fn send_json(&mut self, json: &str) {
+        let stream = self.frames.get_mut();
+        let len = u32::try_from(json.len()).unwrap().to_be_bytes();
+        stream.write_all(&len).await.unwrap();
+        stream.write_all(json.as_bytes()).await.unwrap();
+    }
+
+    async fn recv_or_eof(&mut self) -> Option<Message<'static>> {
+        let next = tokio::time::timeout(WAIT, self.frames.next())
+            .await
+            .expect("timed out waiting for a message from the plugin");
+        next.map(|frame| frame.unwrap().message().unwrap().into_owned())
+    }
+
+    async fn recv(&mut self) -> Message<'static> {
+        self.recv_or_eof()
+            .await
+            .expect("the plugin closed the connection; expected a message")
+    }
+
+    async fn init_with(&mut self, range: VersionRange, settings: &str) {
+        let json = format!(
+            r#"{{"type":"init","timestamp":0,"request_id":1000,"payload":{{
+                "protocol":{{"min":{},"max":{}}},"instance_id":"i-1","plugin_id":"t",
+                "socket_path":"/s","log_path":"/l","settings":{settings}}}}}"#,
+            range.min, range.max
+        );
+        self.send_json(&json).await;
+    }
+
+    async fn init(&mut self) {
+        self.init_with(VersionRange::SUPPORTED, "{}").await;
+        let msg = self.recv().await;
+        assert_eq!(msg.request_id, Some(1000));
+        assert_eq!(
+            msg.payload,
+            Payload::Ready(Ready {
+                protocol_version: 1
+            })
+        );
+    }
+
+    async fn get(&mut self, id: RequestId, path: &str, query: &str) {
+        let req = HttpRequest {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            headers: vec![],
+            body: None,
+            body_base64: None,
+        };
+        self.send(Message::with_id(id, Payload::HttpRequest(req)))
+            .await;
+    }
+
+    /// Waits for the plugin to report `event` ("start q" or "drop q").
+    async fn event(&mut self, event: &str) {
+        let got = tokio::time::timeout(WAIT, self.dropped.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for handler event {event:?}"));
+        assert_eq!(got.as_deref(), Some(event));
+    }
+
+    async fn finished(self) -> Result<(), ServeError> {
+        tokio::time::timeout(WAIT, self.served)
+            .await
+            .expect("serve did not return within 10 s")
+            .expect("serve panicked")
+    }
+}
+
+fn error_code_of<'m>(msg: &'m Message<'_>) -> &'m str {
+    match &msg.payload {
+        Payload::Error(e) => e.code.as_str(),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+fn response_of(msg: Message<'static>) -> HttpResponse<'static> {
+    match msg.payload {
+        Payload::HttpResponse(r) => r,
+        other => panic!("expected http_response, got {other:?}"),
+    }
+}
+
+fn head<'m>(msg: &'m Message<'_>) -> (Option<RequestId>, &'m str) {
+    (msg.request_id, msg.payload.type_name())
+}
+
+#[tokio::test]
+async fn init_ready_then_requests_ping_and_bundle() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/binary", "").await;
+    let res = response_of(host.recv().await);
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body_base64.as_deref(), Some("//4="));
+    host.send(Message::with_id(2, Payload::Ping)).await;
+    assert_eq!(head(&host.recv().await), (Some(2), "pong"));
+    host.send(Message::with_id(3, Payload::GetBundle)).await;
+    let msg = host.recv().await;
+    assert!(matches!(&msg.payload, Payload::Bundle(b) if b.script.contains("mount")));
+    drop(host.frames);
+    assert!(host.served.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn metadata_gets_protocol_and_frontend_from_the_sdk() {
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let plugin = TestPlugin {
+        gate: Arc::new(Semaphore::new(0)),
+        dropped: tx,
+    };
+    let meta = effective_metadata(&plugin);
+    assert_eq!(meta.protocol, Some(VersionRange::SUPPORTED));
+    assert!(meta.frontend);
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused_with_config_exit_code() {
+    let mut host = Host::start();
+    host.init_with(VersionRange { min: 99, max: 99 }, "{}")
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(msg.request_id, Some(1000));
+    assert_eq!(
+        error_code_of(&msg),
+        error_code::UNSUPPORTED_PROTOCOL_VERSION
+    );
+    let Payload::Error(e) = &msg.payload else {
+        unreachable!()
+    };
+    assert!(
+        e.message.contains("99") && e.message.contains('1'),
+        "{}",
+        e.message
+    );
+    assert!(
+        host.recv_or_eof().await.is_none(),
+        "the plugin closes after refusing"
+    );
+    let err = host.finished().await.unwrap_err();
+    assert!(matches!(err, ServeError::UnsupportedVersion { .. }));
+    assert_eq!(err.exit_code(), EXIT_CONFIG);
+}
+
+#[tokio::test]
+async fn init_may_refuse_to_start() {
+    let mut host = Host::start();
+    host.init_with(VersionRange::SUPPORTED, r#"{"refuse":"license expired"}"#)
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(error_code_of(&msg), error_code::INIT_REFUSED);
+    let Payload::Error(e) = &msg.payload else {
+        unreachable!()
+    };
+    assert_eq!(e.message, "license expired");
+    let err = host.finished().await.unwrap_err();
+    assert!(matches!(err, ServeError::InitRefused(_)));
+    assert_eq!(err.exit_code(), EXIT_CONFIG);
+}
+
+#[tokio::test]
+async fn kv_works_during_init_and_early_requests_are_refused() {
+    let mut host = Host::start();
+    host.get(1, "/t/kv", "").await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(1), "bad_request")
+    );
+    host.init_with(VersionRange::SUPPORTED, r#"{"read_kv_in_init":true}"#)
+        .await;
+    let kv = host.recv().await;
+    assert!(matches!(kv.payload, Payload::Kv(KvRequest::Get { .. })));
+    // While init waits for its KV reply, requests are refused and pings answered.
+    host.get(2, "/t/kv", "").await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(2), "bad_request")
+    );
+    host.send(Message::with_id(3, Payload::Ping)).await;
+    assert_eq!(head(&host.recv().await), (Some(3), "pong"));
+    let reply = Payload::KvResult(KvResult::default());
+    host.send(Message::new(kv.request_id, reply)).await;
+    assert_eq!(head(&host.recv().await), (Some(1000), "ready"));
+}
+
+#[tokio::test]
+async fn kv_calls_reach_the_host_and_logs_arrive() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(7, "/t/kv", "").await;
+    let get = host.recv().await;
+    assert_eq!(
+        get.request_id,
+        Some(1),
+        "the plugin numbers its requests from 1"
+    );
+    assert!(matches!(&get.payload, Payload::Kv(KvRequest::Get { key }) if key == "k"));
+    let value = KvResult {
+        value: Some("old".into()),
+        ..Default::default()
+    };
+    host.send(Message::with_id(1, Payload::KvResult(value)))
+        .await;
+    let set = host.recv().await;
+    assert_eq!(set.request_id, Some(2));
+    assert!(
+        matches!(&set.payload, Payload::Kv(KvRequest::Set { key, value }) if key == "k" && value == "v")
+    );
+    host.send(Message::with_id(2, Payload::KvResult(KvResult::default())))
+        .await;
+    let log = host.recv().await;
+    assert!(
+        matches!(&log.payload, Payload::Log(r) if r.level == Level::Info && r.message == "set k")
+    );
+    assert_eq!(log.request_id, None);
+    let res = response_of(host.recv().await);
+    assert_eq!(res.body.as_deref(), Some(r#"{"before":"old"}"#));
+}
+
+#[tokio::test]
+async fn a_kv_error_reply_reaches_the_handler() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(7, "/t/kv", "").await;
+    let get = host.recv().await;
+    host.send(Message::error(get.request_id, "kv_quota_exceeded", "full"))
+        .await;
+    let res = response_of(host.recv().await);
+    assert_eq!(res.status, 500);
+    assert_eq!(
+        res.body.as_deref(),
+        Some(r#"{"error":"kv_quota_exceeded: full"}"#)
+    );
+}
+
+#[tokio::test]
+async fn ping_is_answered_while_a_request_waits() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/gated", "a").await;
+    host.send(Message::with_id(2, Payload::Ping)).await;
+    assert_eq!(head(&host.recv().await), (Some(2), "pong"));
+    host.gate.add_permits(1);
+    assert_eq!(head(&host.recv().await), (Some(1), "http_response"));
+}
+
+#[tokio::test]
+async fn a_cancelled_request_is_dropped_and_never_answered() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/gated", "cancelled").await;
+    host.event("start cancelled").await;
+    host.send(Message::with_id(1, Payload::Cancel)).await;
+    host.event("drop cancelled").await;
+    host.get(2, "/t/gated", "kept").await;
+    host.gate.add_permits(2);
+    let msg = host.recv().await;
+    assert_eq!(head(&msg), (Some(2), "http_response"));
+    host.send(Message::new(None, Payload::Shutdown)).await;
+    assert!(
+        host.recv_or_eof().await.is_none(),
+        "nothing may answer request 1"
+    );
+    assert!(host.finished().await.is_ok());
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_requests_and_drains_those_in_flight() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/gated", "slow").await;
+    host.send(Message::new(None, Payload::Shutdown)).await;
+    host.get(2, "/t/gated", "late").await;
+    host.send(Message::with_id(3, Payload::GetBundle)).await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(2), "shutting_down")
+    );
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(3), "shutting_down")
+    );
+    host.gate.add_permits(1);
+    assert_eq!(head(&host.recv().await), (Some(1), "http_response"));
+    assert!(host.recv_or_eof().await.is_none());
+    assert!(host.finished().await.is_ok());
+}
+
+#[tokio::test]
+async fn eof_ends_serving_and_drops_handlers() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/gated", "orphan").await;
+    host.event("start orphan").await;
+    let Host {
+        frames,
+        served,
+        mut dropped,
+        ..
+    } = host;
+    drop(frames);
+    let result = tokio::time::timeout(WAIT, served)
+        .await
+        .expect("serve did not end within 10 s of EOF");
+    assert!(result.unwrap().is_ok());
+    assert_eq!(dropped.recv().await.as_deref(), Some("drop orphan"));
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_messages_get_error_replies() {
+    let mut host = Host::start();
+    host.init().await;
+    host.send_json("this is not json").await;
+    let msg = host.recv().await;
+    assert_eq!((msg.request_id, error_code_of(&msg)), (None, "bad_request"));
+    host.send_json(r#"{"type":"http_request","request_id":5,"payload":{"method":1}}"#)
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(5), "bad_request")
+    );
+    host.send_json(r#"{"type":"frobnicate","request_id":6,"payload":{}}"#)
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(6), "unknown_type")
+    );
+    host.send_json(r#"{"type":"http_request","request_id":8,"payload":{"method":"GET","path":"/t","body_base64":"%"}}"#)
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(8), "bad_request")
+    );
+    host.send_json(r#"{"type":"init","request_id":9,"payload":{"protocol":{"min":1,"max":1},"instance_id":"i","plugin_id":"t","socket_path":"s","log_path":"l"}}"#)
+        .await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(9), "bad_request")
+    );
+    host.send(Message::with_id(10, Payload::Ping)).await;
+    assert_eq!(head(&host.recv().await), (Some(10), "pong"));
+}
+
+#[tokio::test]
+async fn a_panicking_handler_and_a_duplicate_id_get_error_replies() {
+    let mut host = Host::start();
+    host.init().await;
+    host.get(1, "/t/panic", "").await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(1), "plugin_error")
+    );
+    let Payload::Error(e) = &msg.payload else {
+        unreachable!()
+    };
+    assert!(e.message.contains("boom"), "{}", e.message);
+    host.get(2, "/t/gated", "").await;
+    host.get(2, "/t/gated", "").await;
+    let msg = host.recv().await;
+    assert_eq!(
+        (msg.request_id, error_code_of(&msg)),
+        (Some(2), "bad_request")
+    );
+    host.gate.add_permits(1);
+    assert_eq!(head(&host.recv().await), (Some(2), "http_response"));
+}
+
+#[tokio::test]
+async fn an_oversized_frame_ends_the_connection_with_an_error() {
+    let mut host = Host::start();
+    host.init().await;
+    host.frames
+        .get_mut()
+        .write_all(&u32::MAX.to_be_bytes())
+        .await
+        .unwrap();
+    let err = host.finished().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ServeError::Connection(CodecError::FrameTooLarge { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.exit_code(), 1);
+}
+
+#[tokio::test]
+async fn eof_before_init_ends_quietly() {
+    let host = Host::start();
+    let Host { frames, served, .. } = host;
+    drop(frames);
+    let result = tokio::time::timeout(WAIT, served)
+        .await
+        .expect("serve ended");
+    assert!(result.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn paths_outside_the_route_never_reach_the_handler() {
+    let mut host = Host::start();
+    host.init().await;
+    for (id, path, status) in [
+        (1, "/t", 418),
+        (2, "/t/", 418),
+        (3, "/tx", 404),
+        (4, "/other/gated", 404),
+    ] {
+        host.get(id, path, "").await;
+        let msg = host.recv().await;
+        assert_eq!(msg.request_id, Some(id));
+        assert_eq!(response_of(msg).status, status, "{path}");
+    }
+}
+
+#[test]
+fn is_under_matches_whole_segments() {
+    assert!(is_under("/acme", "/acme"));
+    assert!(is_under("/acme/", "/acme"));
+    assert!(is_under("/acme/x/y", "/acme"));
+    assert!(!is_under("/acmex", "/acme"));
+    assert!(!is_under("/other/acme", "/acme"));
+}
