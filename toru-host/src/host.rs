@@ -81,6 +81,7 @@ impl PluginHost {
             events: broadcast::channel(1024).0,
             manage: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
+            reaper: crate::process::Reaper::start(),
             shutdown: CancellationToken::new(),
             settings,
         });
@@ -487,6 +488,8 @@ impl PluginHost {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.reaper.close().await;
+        self.shared.logs.flush().await;
         if let Err(e) = self.shared.store.close().await {
             tracing::error!(error = %e, "cannot close the database cleanly");
         }

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// Serialises enable, disable, restart and rescan.
     pub(crate) manage: tokio::sync::Mutex<()>,
     pub(crate) tasks: TaskTracker,
+    /// Kills plugin process groups if the host dies without stopping them.
+    pub(crate) reaper: crate::process::Reaper,
     pub(crate) shutdown: CancellationToken,
 }
 

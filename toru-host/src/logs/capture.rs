@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 use toru_plugin_api::protocol::Level;
+use tracing::Instrument;
 
 use super::PluginLogs;
 use super::classify::Classifier;
@@ -72,9 +73,10 @@ impl Capture {
             source,
             tail: tail.clone(),
         };
+        // In the caller's span (the plugin's), so that a read error names the plugin.
         let tasks = [
-            tokio::spawn(pump(LogSource::Stdout).run(stdout)),
-            tokio::spawn(pump(LogSource::Stderr).run(stderr)),
+            tokio::spawn(pump(LogSource::Stdout).run(stdout).in_current_span()),
+            tokio::spawn(pump(LogSource::Stderr).run(stderr).in_current_span()),
         ];
         Capture {
             tasks,
@@ -180,19 +182,22 @@ impl Pump {
         if batch.bytes.is_empty() && !(note && at_eof) {
             return;
         }
-        let mut bytes = Vec::new();
-        if note {
+        let bytes = if note {
             // Where the gap is: before the first lines written again.
             let message = format!(
                 "{} lines from {} were dropped: the log writer fell behind",
                 batch.dropped,
                 self.source.as_str()
             );
+            let mut bytes = Vec::new();
             let (level, source) = (Level::Warn, LogSource::Host);
             self.logs
                 .encode(&mut bytes, &self.plugin, level, source, &message, None);
-        }
-        bytes.append(&mut batch.bytes);
+            bytes.append(&mut batch.bytes);
+            bytes
+        } else {
+            std::mem::take(&mut batch.bytes)
+        };
         let lines = std::mem::take(&mut batch.lines);
         // At the end of the stream the note goes out however full the queue is.
         if self.logs.enqueue(path, bytes, note && at_eof) {
@@ -296,18 +301,6 @@ fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
         return if needed > back { back } else { 0 };
     }
     0
-}
-
-impl LogSource {
-    /// The name used in the log files: `stdout`, `stderr`, `protocol` or `host`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogSource::Stdout => "stdout",
-            LogSource::Stderr => "stderr",
-            LogSource::Protocol => "protocol",
-            LogSource::Host => "host",
-        }
-    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,18 @@ pub enum LogSource {
     Host,
 }
 
+impl LogSource {
+    /// The name used in the log files: `stdout`, `stderr`, `protocol` or `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Protocol => "protocol",
+            LogSource::Host => "host",
+        }
+    }
+}
+
 /// One line of `<log dir>/plugin-supervisor.log`: something the supervisor did to a plugin.
 ///
 /// ```text

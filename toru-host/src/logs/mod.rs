@@ -44,6 +44,7 @@ use toru_plugin_api::protocol::{Level, LogRecord};
 
 pub(crate) use capture::Capture;
 pub use entry::{LogEntry, LogSource, SupervisorEntry};
+pub use query::{LogPage, LogQuery};
 
 use capture::{SharedTail, Tail, truncation_marker};
 use entry::{EntryRef, SupervisorRef, now_timestamp, push_json_line};
@@ -64,7 +65,7 @@ pub struct LogConfig {
     pub max_files: usize,
     /// Longer stdout and stderr lines, and longer `log` messages, are cut. Default 64 KiB.
     pub max_line_bytes: usize,
-    /// How many of a plugin's last lines [`Capture`] keeps for crash reports. Default 20.
+    /// How many of a plugin's last lines are kept for crash reports. Default 20.
     pub tail_lines: usize,
     /// When this many bytes wait for the disk, new lines are dropped rather than held.
     /// Default 32 MiB.
@@ -81,55 +82,6 @@ impl Default for LogConfig {
             max_queued_bytes: 32 * 1024 * 1024,
         }
     }
-}
-
-/// A page of a plugin's log, newest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogQuery {
-    /// The page, from 0.
-    pub page: u32,
-    /// Entries per page: default 100, at most [`LogQuery::MAX_PAGE_SIZE`]; 0 means the default.
-    pub page_size: u32,
-    /// Only entries at this level or above.
-    pub min_level: Option<Level>,
-}
-
-impl LogQuery {
-    /// The page size when none is given.
-    pub const DEFAULT_PAGE_SIZE: u32 = 100;
-    /// The largest page size; larger ones are lowered to it.
-    pub const MAX_PAGE_SIZE: u32 = 1000;
-
-    /// The page size used: `page_size`, with 0 meaning the default, at most the maximum.
-    pub fn effective_page_size(&self) -> u32 {
-        match self.page_size {
-            0 => Self::DEFAULT_PAGE_SIZE,
-            n => n.min(Self::MAX_PAGE_SIZE),
-        }
-    }
-}
-
-impl Default for LogQuery {
-    fn default() -> LogQuery {
-        LogQuery {
-            page: 0,
-            page_size: Self::DEFAULT_PAGE_SIZE,
-            min_level: None,
-        }
-    }
-}
-
-/// One page of a plugin's log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogPage {
-    /// The entries, newest first.
-    pub entries: Vec<LogEntry>,
-    /// The page, from 0.
-    pub page: u32,
-    /// The page size used.
-    pub page_size: u32,
-    /// Whether older entries match.
-    pub has_more: bool,
 }
 
 /// Reading or setting up the plugin logs failed.
@@ -419,6 +371,9 @@ impl PluginLogs {
             // The writer thread has gone (it does not exit while a sender lives, so only a panic
             // gets here); nothing more can be written.
             shared.queued.fetch_sub(len, Ordering::Relaxed);
+            if !shared.dropping.swap(true, Ordering::Relaxed) {
+                tracing::error!(path = %path.display(), "log writer thread has stopped; dropping log lines");
+            }
             return false;
         }
         true

@@ -10,8 +10,59 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
+use toru_plugin_api::protocol::Level;
+
+use super::LogError;
 use super::entry::LogEntry;
-use super::{LogError, LogPage, LogQuery};
+
+/// A page of a plugin's log, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogQuery {
+    /// The page, from 0.
+    pub page: u32,
+    /// Entries per page: default 100, at most [`LogQuery::MAX_PAGE_SIZE`]; 0 means the default.
+    pub page_size: u32,
+    /// Only entries at this level or above.
+    pub min_level: Option<Level>,
+}
+
+impl LogQuery {
+    /// The page size when none is given.
+    pub const DEFAULT_PAGE_SIZE: u32 = 100;
+    /// The largest page size; larger ones are lowered to it.
+    pub const MAX_PAGE_SIZE: u32 = 1000;
+
+    /// The page size used: `page_size`, with 0 meaning the default, at most the maximum.
+    pub fn effective_page_size(&self) -> u32 {
+        match self.page_size {
+            0 => Self::DEFAULT_PAGE_SIZE,
+            n => n.min(Self::MAX_PAGE_SIZE),
+        }
+    }
+}
+
+impl Default for LogQuery {
+    fn default() -> LogQuery {
+        LogQuery {
+            page: 0,
+            page_size: Self::DEFAULT_PAGE_SIZE,
+            min_level: None,
+        }
+    }
+}
+
+/// One page of a plugin's log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogPage {
+    /// The entries, newest first.
+    pub entries: Vec<LogEntry>,
+    /// The page, from 0.
+    pub page: u32,
+    /// The page size used.
+    pub page_size: u32,
+    /// Whether older entries match.
+    pub has_more: bool,
+}
 
 /// How much is read from a file at a time.
 const BLOCK: u64 = 64 * 1024;
@@ -44,6 +95,11 @@ pub(super) fn read_page(
             .next_line()
             .map_err(|source| io_error(&file_path, source))?
         {
+            if let (Some(min), Some(level)) = (q.min_level, quick_level(&line))
+                && level < min
+            {
+                continue; // without parsing the whole line
+            }
             let Ok(entry) = serde_json::from_slice::<LogEntry>(&line) else {
                 continue;
             };
@@ -68,6 +124,27 @@ pub(super) fn read_page(
         page_size,
         has_more,
     })
+}
+
+/// The level of a line as the host writes it, read from its fixed place:
+/// `{"timestamp":"2026-11-21T23:20:35.123Z","level":"info",...`. `None` for any other shape.
+fn quick_level(line: &[u8]) -> Option<Level> {
+    const HEAD: &[u8] = b"{\"timestamp\":\"";
+    const KEY: &[u8] = b"\",\"level\":\"";
+    const TIMESTAMP_LEN: usize = "2026-11-21T23:20:35.123Z".len();
+    let rest = line
+        .strip_prefix(HEAD)?
+        .get(TIMESTAMP_LEN..)?
+        .strip_prefix(KEY)?;
+    let word = rest.get(..rest.iter().take(6).position(|&b| b == b'"')?)?;
+    match word {
+        b"trace" => Some(Level::Trace),
+        b"debug" => Some(Level::Debug),
+        b"info" => Some(Level::Info),
+        b"warn" => Some(Level::Warn),
+        b"error" => Some(Level::Error),
+        _ => None,
+    }
 }
 
 /// `<id>.log`, `<id>.log.1`, `<id>.log.2`, ... newest first, up to the first one missing.
@@ -202,6 +279,30 @@ mod tests {
         let got = lines_of(content.as_bytes());
         let want: Vec<Vec<u8>> = lines.iter().rev().map(|l| l.clone().into_bytes()).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn quick_level_reads_the_lines_the_host_writes() {
+        for level in [
+            Level::Trace,
+            Level::Debug,
+            Level::Info,
+            Level::Warn,
+            Level::Error,
+        ] {
+            let entry = LogEntry {
+                timestamp: "2026-11-21T23:20:35.123Z".into(),
+                level,
+                plugin: "p".into(),
+                source: super::super::LogSource::Host,
+                message: "m".into(),
+                error: None,
+            };
+            let line = serde_json::to_vec(&entry).unwrap();
+            assert_eq!(quick_level(&line), Some(level));
+        }
+        assert_eq!(quick_level(br#"{"level":"info","timestamp":"x"}"#), None);
+        assert_eq!(quick_level(br#"{"timestamp":"2026"#), None);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! stop that escalates from `shutdown` to SIGTERM to SIGKILL.
 
 mod pdeathsig;
+mod reaper;
+
+pub(crate) use reaper::Reaper;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

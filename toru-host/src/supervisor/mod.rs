@@ -172,6 +172,7 @@ async fn run_once(
         stderr,
     } = spawned;
     tracing::Span::current().record("pid", pid);
+    shared.reaper.add(pid);
     shared.update(id, |e| e.pid = Some(pid));
     let capture = shared.logs.capture(id, stdout, stderr);
     shared.logs.supervisor(
@@ -198,7 +199,7 @@ async fn run_once(
                 _ => process::stop(&mut child, pid, Duration::ZERO).await,
             };
             let tail = finish_capture(capture).await;
-            end_process(shared, id, &socket);
+            end_process(shared, id, pid, &socket);
             return match failure {
                 StartFailure::Stopped => {
                     stopped_event(shared, id, exit).await;
@@ -254,7 +255,7 @@ async fn run_once(
             let exit = process::stop(&mut child, pid, shared.settings.stop_grace).await;
             conn.close("the host stopped the plugin");
             finish_capture(capture).await;
-            end_process(shared, id, &socket);
+            end_process(shared, id, pid, &socket);
             shared.logs.supervisor(
                 toru_plugin_api::protocol::Level::Info,
                 id,
@@ -290,7 +291,7 @@ async fn run_once(
         }
     };
     let tail = finish_capture(capture).await;
-    end_process(shared, id, &socket);
+    end_process(shared, id, pid, &socket);
     classify(reason, false, exit, tail, ran_for)
 }
 
@@ -343,8 +344,10 @@ async fn stopped_event(shared: &Arc<Shared>, id: &str, exit: ExitStatus) {
     shared.emit(event).await;
 }
 
-/// Clears what a process left behind: its pid and its socket file.
-fn end_process(shared: &Arc<Shared>, id: &str, socket: &std::path::Path) {
+/// Clears what a process left behind (its group already killed): its pid, its socket file,
+/// and its entry with the reaper.
+fn end_process(shared: &Arc<Shared>, id: &str, pid: u32, socket: &std::path::Path) {
+    shared.reaper.remove(pid);
     shared.update(id, |e| e.pid = None);
     let _ = std::fs::remove_file(socket);
 }

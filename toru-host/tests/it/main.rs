@@ -6,5 +6,6 @@ mod discovery;
 mod forwarding;
 mod kv;
 mod lifecycle;
+mod orphans;
 mod supervision;
 mod util;

@@ -215,3 +215,24 @@ pub async fn wait_recorded(host: &PluginHost, id: &str, kind: EventKind) -> Vec<
         wait_for(&mut rx, &format!("{kind} of {id}"), |e| e.plugin_id == id).await;
     }
 }
+
+/// Waits until process `pid` has exited (any process, not only our children), using a pidfd.
+pub async fn wait_gone(pid: u32) {
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return,
+        Err(e) => panic!("pidfd_open({pid}): {e}"),
+    };
+    // The pidfd is an OwnedFd that AsyncFd owns until it drops it: nothing else can close it,
+    // which is what the deprecation (and its `unsafe` replacement) is about.
+    #[allow(deprecated)]
+    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        .expect("pidfd is pollable");
+    let _ready = tokio::time::timeout(WAIT, fd.readable())
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} still runs"))
+        .expect("pidfd readable");
+}
