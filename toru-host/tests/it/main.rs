@@ -6,6 +6,7 @@ mod discovery;
 mod forwarding;
 mod kv;
 mod lifecycle;
+mod logs;
 mod orphans;
 mod supervision;
 mod util;
