@@ -246,11 +246,11 @@ async fn run_once(
     shared.update(id, |e| {
         e.conn = None;
         e.started_at_ms = None;
+        e.state = PluginState::Stopping;
     });
     let ran_for = ready_at.elapsed();
     let (reason, exit) = match end {
         End::Stop => {
-            shared.update(id, |e| e.state = PluginState::Stopping);
             let _ = conn.send(&Message::new(None, Payload::Shutdown)).await;
             let exit = process::stop(&mut child, pid, shared.settings.stop_grace).await;
             conn.close("the host stopped the plugin");
