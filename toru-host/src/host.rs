@@ -138,12 +138,18 @@ impl PluginHost {
     /// Every plugin found, loaded or not, in id order.
     pub fn list(&self) -> Vec<PluginInfo> {
         let now = now_millis();
-        self.shared
+        let mut infos: Vec<PluginInfo> = self
+            .shared
             .registry()
             .plugins
             .values()
             .map(|e| e.info(now))
-            .collect()
+            .collect();
+        let config = self.shared.config();
+        for info in &mut infos {
+            info.license_key_set = has_license_key(&config, &info.id);
+        }
+        infos
     }
 
     /// One plugin.
@@ -151,12 +157,15 @@ impl PluginHost {
     /// # Errors
     /// [`ManageError::UnknownPlugin`].
     pub fn get(&self, id: &str) -> Result<PluginInfo, ManageError> {
-        self.shared
+        let mut info = self
+            .shared
             .registry()
             .plugins
             .get(id)
             .map(|e| e.info(now_millis()))
-            .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))
+            .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
+        info.license_key_set = has_license_key(&self.shared.config(), id);
+        Ok(info)
     }
 
     /// Enables a plugin: persists it and starts it. Enabling a plugin that is enabled but
@@ -250,6 +259,21 @@ impl PluginHost {
         }
         self.shared.config().set_setting(id, key, value)?;
         Ok(())
+    }
+
+    /// Stores a license key for plugin `id` (its `license_key` setting, sent in `init`) and
+    /// restarts the plugin if it is enabled, so that it checks the key at once. `None` removes
+    /// the key.
+    ///
+    /// # Errors
+    /// An unknown plugin, one that failed to load, or a config file that cannot be written.
+    pub async fn set_license_key(
+        &self,
+        id: &str,
+        key: Option<&str>,
+    ) -> Result<PluginInfo, ManageError> {
+        self.set_setting(id, LICENSE_KEY, key.map(|k| k.trim().into()))?;
+        self.restart(id).await
     }
 
     /// Forwards an HTTP request to plugin `id` and waits for its response, up to the request
@@ -495,6 +519,15 @@ impl PluginHost {
         }
         let _ = std::fs::remove_dir_all(&self.shared.socket_dir);
     }
+}
+
+/// The setting a plugin's license key is kept in.
+pub(crate) const LICENSE_KEY: &str = "license_key";
+
+fn has_license_key(config: &Config, id: &str) -> bool {
+    config
+        .plugin(id)
+        .is_some_and(|p| p.settings.get(LICENSE_KEY).is_some_and(|v| !v.is_null()))
 }
 
 /// Whether two load results describe the same plugin (so a rescan leaves it running).

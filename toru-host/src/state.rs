@@ -99,6 +99,8 @@ pub struct PluginInfo {
     pub last_error: Option<String>,
     /// The protocol version agreed with the running process.
     pub protocol_version: Option<u32>,
+    /// Whether a `license_key` setting is stored for the plugin.
+    pub license_key_set: bool,
 }
 
 /// The registry's entry for one plugin.
@@ -168,6 +170,7 @@ impl Entry {
             last_exit: self.last_exit,
             last_error: self.last_error.clone(),
             protocol_version: self.protocol_version,
+            license_key_set: false,
         }
     }
 }

@@ -113,7 +113,18 @@ async fn main() {
                         init.protocol
                     ),
                 ),
-                "refuse-init" => {
+                "needs-key"
+                    if init.settings.get("license_key").and_then(|v| v.as_str())
+                        == Some("good") =>
+                {
+                    Message::new(
+                        id_,
+                        Payload::Ready(Ready {
+                            protocol_version: 1,
+                        }),
+                    )
+                }
+                "refuse-init" | "needs-key" => {
                     let reply =
                         Message::error(id_, error_code::INIT_REFUSED, "license key missing");
                     framed.send(reply).await.expect("send");

@@ -17,8 +17,8 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 /// The most events per page.
 const MAX_PAGE_SIZE: u32 = 1000;
 
-type Events<'txn> = Table<'txn, (u64, u64), &'static str>;
-type Index<'txn> = Table<'txn, (&'static str, u64, u64), ()>;
+pub(crate) type Events<'txn> = Table<'txn, (u64, u64), &'static str>;
+pub(crate) type Index<'txn> = Table<'txn, (&'static str, u64, u64), ()>;
 
 pub(crate) fn apply_record(
     events: &mut Events<'_>,

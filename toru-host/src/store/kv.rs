@@ -237,6 +237,9 @@ fn read_usage(db: &Database, plugin_id: &str) -> Result<u64, StoreError> {
     Ok(used.map_or(0, |v| v.value()))
 }
 
+/// The `plugin_kv` table, open for writing.
+pub(crate) type KvTable<'txn> = Table<'txn, (&'static str, &'static str), &'static str>;
+
 /// Per-plugin byte counts for one batch: read once, kept in memory, written back at the end.
 pub(crate) struct Usage<'txn> {
     table: Table<'txn, &'static str, u64>,
@@ -281,7 +284,7 @@ impl<'txn> Usage<'txn> {
 }
 
 pub(crate) fn apply_set(
-    table: &mut Table<'_, (&'static str, &'static str), &'static str>,
+    table: &mut KvTable<'_>,
     usage: &mut Usage<'_>,
     limits: &KvLimits,
     plugin_id: &Arc<str>,
@@ -310,7 +313,7 @@ pub(crate) fn apply_set(
 }
 
 pub(crate) fn apply_delete(
-    table: &mut Table<'_, (&'static str, &'static str), &'static str>,
+    table: &mut KvTable<'_>,
     usage: &mut Usage<'_>,
     plugin_id: &Arc<str>,
     key: &str,

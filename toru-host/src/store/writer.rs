@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::{StoreError, storage};
@@ -93,17 +93,17 @@ impl Drop for WriterThread {
 fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Op>, limits: KvLimits) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut close_replies = Vec::new();
+    let mut linger = std::time::Duration::ZERO;
+    let (mut sb, mut so, mut st) = (0u64, 0u64, 0u64);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
-        gather(&mut rx, &mut batch);
-        STATS_B.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        STATS_O.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        gather(&mut rx, &mut batch, linger);
+        sb += 1; so += batch.len() as u64;
         let t0 = std::time::Instant::now();
         let r = commit(&db, &batch, &limits);
-        STATS_T.fetch_add(
-            t0.elapsed().as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let took = t0.elapsed();
+        st += took.as_micros() as u64;
+        linger = if batch.len() > 1 && std::env::var_os("LINGER").is_some() { (took / 4).min(std::time::Duration::from_micros(500)) } else { std::time::Duration::ZERO };
         let outcomes = match r {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
@@ -121,23 +121,16 @@ fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Op>, limits: KvLimits) {
             }
         }
     }
-    eprintln!(
-        "STATS batches {} ops {} commit_us {}",
-        STATS_B.load(std::sync::atomic::Ordering::Relaxed),
-        STATS_O.load(std::sync::atomic::Ordering::Relaxed),
-        STATS_T.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    eprintln!("STATS batches {sb} ops {so} avg {} commit_us_avg {}", so as f64 / sb as f64, st / sb.max(1));
     drop(db);
     for reply in close_replies {
         let _ = reply.send(());
     }
 }
 
-/// Adds the writes already queued to `batch`. The callers answered by the last commit are
-/// typically re-submitting right now, so while yielding the CPU brings more writes, keep
-/// gathering: without this, batches alternate between a few writes and the rest. A lone writer
-/// pays one `sched_yield`, never a sleep.
-fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
+/// Adds the writes already queued to `batch`.
+fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, linger: std::time::Duration) {
+    let mut last = std::time::Instant::now();
     loop {
         let before = batch.len();
         while batch.len() < MAX_BATCH {
@@ -146,8 +139,13 @@ fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>) {
                 Err(_) => break,
             }
         }
-        if batch.len() == before || batch.len() >= MAX_BATCH {
+        if batch.len() >= MAX_BATCH {
             return;
+        }
+        if batch.len() == before {
+            if last.elapsed() >= linger { return; }
+        } else {
+            last = std::time::Instant::now();
         }
         std::thread::yield_now();
     }
@@ -159,50 +157,118 @@ fn commit(db: &Database, batch: &[Op], limits: &KvLimits) -> Result<Vec<Outcome>
     txn.set_durability(Durability::Immediate).map_err(storage)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     {
-        let mut kv_table = txn.open_table(super::PLUGIN_KV).map_err(storage)?;
-        let mut usage = Usage::new(txn.open_table(super::PLUGIN_KV_USAGE).map_err(storage)?);
-        let mut settings_table = txn.open_table(super::SETTINGS).map_err(storage)?;
-        let mut events_table = txn.open_table(super::PLUGIN_EVENTS).map_err(storage)?;
-        let mut index = txn
-            .open_table(super::PLUGIN_EVENTS_BY_PLUGIN)
-            .map_err(storage)?;
+        let mut tables = Tables::new(&txn);
         for op in batch {
-            let outcome = match op {
-                Op::KvSet {
-                    plugin_id,
-                    key,
-                    value,
-                    ..
-                } => kv::apply_set(&mut kv_table, &mut usage, limits, plugin_id, key, value)?,
-                Op::KvDelete { plugin_id, key, .. } => {
-                    kv::apply_delete(&mut kv_table, &mut usage, plugin_id, key)?
-                }
-                Op::SetSetting { key, value, .. } => {
-                    settings_table
-                        .insert(key.as_str(), value.as_str())
-                        .map_err(storage)?;
-                    Outcome::Done
-                }
-                Op::RecordEvent {
-                    plugin_id,
-                    time_ms,
-                    json,
-                    ..
-                } => {
-                    events::apply_record(&mut events_table, &mut index, plugin_id, *time_ms, json)?
-                }
-                Op::CleanupEvents { older_than_ms, .. } => {
-                    events::apply_cleanup(&mut events_table, &mut index, *older_than_ms)?
-                }
-                Op::Close { .. } => Outcome::Done,
-            };
-            outcomes.push(outcome);
+            outcomes.push(apply(&mut tables, limits, op)?);
         }
-        usage.flush()?;
+        tables.finish()?;
     }
     txn.commit().map_err(storage)?;
     tracing::trace!(writes = batch.len(), "store batch committed");
     Ok(outcomes)
+}
+
+fn apply(tables: &mut Tables<'_>, limits: &KvLimits, op: &Op) -> Result<Outcome, StoreError> {
+    match op {
+        Op::KvSet {
+            plugin_id,
+            key,
+            value,
+            ..
+        } => {
+            let (table, usage) = tables.kv()?;
+            kv::apply_set(table, usage, limits, plugin_id, key, value)
+        }
+        Op::KvDelete { plugin_id, key, .. } => {
+            let (table, usage) = tables.kv()?;
+            kv::apply_delete(table, usage, plugin_id, key)
+        }
+        Op::SetSetting { key, value, .. } => {
+            let table = open(&mut tables.settings, || {
+                tables.txn.open_table(super::SETTINGS)
+            })?;
+            table
+                .insert(key.as_str(), value.as_str())
+                .map_err(storage)?;
+            Ok(Outcome::Done)
+        }
+        Op::RecordEvent {
+            plugin_id,
+            time_ms,
+            json,
+            ..
+        } => {
+            let (events, index) = tables.events()?;
+            events::apply_record(events, index, plugin_id, *time_ms, json)
+        }
+        Op::CleanupEvents { older_than_ms, .. } => {
+            let (events, index) = tables.events()?;
+            events::apply_cleanup(events, index, *older_than_ms)
+        }
+        Op::Close { .. } => Ok(Outcome::Done),
+    }
+}
+
+/// The tables a batch writes, each opened when a write first needs it.
+struct Tables<'txn> {
+    txn: &'txn WriteTransaction,
+    kv: Option<(kv::KvTable<'txn>, Usage<'txn>)>,
+    settings: Option<Table<'txn, &'static str, &'static str>>,
+    events: Option<(events::Events<'txn>, events::Index<'txn>)>,
+}
+
+impl<'txn> Tables<'txn> {
+    fn new(txn: &'txn WriteTransaction) -> Self {
+        Tables {
+            txn,
+            kv: None,
+            settings: None,
+            events: None,
+        }
+    }
+
+    fn kv(&mut self) -> Result<(&mut kv::KvTable<'txn>, &mut Usage<'txn>), StoreError> {
+        let txn = self.txn;
+        let (table, usage) = open(&mut self.kv, || {
+            Ok::<_, redb::TableError>((
+                txn.open_table(super::PLUGIN_KV)?,
+                Usage::new(txn.open_table(super::PLUGIN_KV_USAGE)?),
+            ))
+        })?;
+        Ok((table, usage))
+    }
+
+    fn events(
+        &mut self,
+    ) -> Result<(&mut events::Events<'txn>, &mut events::Index<'txn>), StoreError> {
+        let txn = self.txn;
+        let (events, index) = open(&mut self.events, || {
+            Ok::<_, redb::TableError>((
+                txn.open_table(super::PLUGIN_EVENTS)?,
+                txn.open_table(super::PLUGIN_EVENTS_BY_PLUGIN)?,
+            ))
+        })?;
+        Ok((events, index))
+    }
+
+    /// Writes back what is kept in memory during the batch (the KV usage counts).
+    fn finish(self) -> Result<(), StoreError> {
+        match self.kv {
+            Some((_, usage)) => usage.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn open<T, E: Into<redb::Error>>(
+    slot: &mut Option<T>,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<&mut T, StoreError> {
+    let opened = match slot.take() {
+        Some(opened) => opened,
+        None => f().map_err(storage)?,
+    };
+    Ok(slot.insert(opened))
 }
 
 fn answer(op: Op, outcome: Result<Outcome, StoreError>) {
@@ -238,6 +304,3 @@ fn answer(op: Op, outcome: Result<Outcome, StoreError>) {
     }
 }
 
-static STATS_B: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static STATS_O: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-static STATS_T: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

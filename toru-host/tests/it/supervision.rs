@@ -233,3 +233,25 @@ async fn a_refused_init_fails_with_the_plugins_reason() {
     assert_eq!(failed.exit, Some(ExitStatus::Code(78)));
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn storing_a_license_key_restarts_the_plugin_with_it() {
+    let env = Env::new();
+    env.install_test_plugin("needs-key", "k");
+    let host = env.start().await;
+    wait_recorded(&host, "k", EventKind::Failed).await;
+    assert!(!host.get("k").unwrap().license_key_set);
+
+    let mut rx = host.subscribe();
+    let info = host.set_license_key("k", Some("bad")).await.unwrap();
+    assert!(info.license_key_set);
+    wait_event(&mut rx, "k", EventKind::Failed).await;
+
+    host.set_license_key("k", Some(" good\n")).await.unwrap();
+    wait_event(&mut rx, "k", EventKind::Started).await;
+    assert_eq!(host.get("k").unwrap().state, PluginState::Running);
+    host.shutdown().await;
+    // The key was persisted, trimmed, for the next start.
+    let config = std::fs::read_to_string(env.plugins().join(".metadata/config.json")).unwrap();
+    assert!(config.contains("\"license_key\": \"good\""), "{config}");
+}
