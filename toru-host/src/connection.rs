@@ -110,6 +110,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Reply, CallFailure> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = self.encode(&Message::with_id(id, payload))?;
         let (tx, rx) = oneshot::channel();
         self.lock_pending().insert(id, tx);
         let mut guard = CancelOnDrop {
@@ -117,7 +118,6 @@ impl Connection {
             id,
             armed: true,
         };
-        let frame = self.encode(&Message::with_id(id, payload))?;
         if self.inner.out.send(frame).await.is_err() {
             return Err(CallFailure::Closed);
         }

@@ -21,6 +21,22 @@ pub(crate) struct Found {
     pub(crate) file: PathBuf,
     /// Its metadata, or why it cannot be loaded.
     pub(crate) result: Result<PluginMetadata, String>,
+    /// Size and modification time when it was loaded, to notice a replaced file on rescan.
+    pub(crate) fingerprint: Option<(u64, std::time::SystemTime)>,
+}
+
+impl Found {
+    /// Whether `other` is the same file with the same outcome (so a rescan leaves it running).
+    pub(crate) fn same_as(&self, other: &Found) -> bool {
+        self.file == other.file
+            && self.fingerprint == other.fingerprint
+            && self.result == other.result
+    }
+}
+
+fn fingerprint(file: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(file).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 impl Found {
@@ -54,8 +70,13 @@ pub(crate) async fn scan(dir: &Path, metadata_timeout: Duration) -> std::io::Res
     let loads = files.into_iter().map(|file| {
         let canonical_dir = canonical_dir.clone();
         async move {
+            let fingerprint = fingerprint(&file);
             let result = load(&file, &canonical_dir, metadata_timeout).await;
-            Found { file, result }
+            Found {
+                file,
+                result,
+                fingerprint,
+            }
         }
     });
     let mut found = futures_util::future::join_all(loads).await;

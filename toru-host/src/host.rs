@@ -435,11 +435,7 @@ impl PluginHost {
             let gone: Vec<String> = reg
                 .plugins
                 .iter()
-                .filter(|(k, e)| {
-                    !found
-                        .iter()
-                        .any(|f| f.key() == **k && same(&f.result, &e.found.result))
-                })
+                .filter(|(k, e)| !found.iter().any(|f| f.key() == **k && f.same_as(&e.found)))
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in gone {
@@ -528,14 +524,6 @@ fn has_license_key(config: &Config, id: &str) -> bool {
     config
         .plugin(id)
         .is_some_and(|p| p.settings.get(LICENSE_KEY).is_some_and(|v| !v.is_null()))
-}
-
-/// Whether two load results describe the same plugin (so a rescan leaves it running).
-fn same(
-    a: &Result<toru_plugin_api::PluginMetadata, String>,
-    b: &Result<toru_plugin_api::PluginMetadata, String>,
-) -> bool {
-    a == b
 }
 
 fn loadable<'r>(reg: &'r mut Registry, id: &str) -> Result<&'r mut Entry, ManageError> {

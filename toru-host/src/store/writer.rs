@@ -1,13 +1,14 @@
 //! The writer thread: group commit of every write waiting in the queue.
 //!
-//! The thread takes the first queued write, then everything else already queued (up to
-//! [`MAX_BATCH`]), applies them in order in one write transaction, commits it durably, and only
+//! The thread takes the first queued write, then everything else queued (up to [`MAX_BATCH`],
+//! waiting briefly for more after a busy commit; see [`gather`]), applies them in order in one write transaction, commits it durably, and only
 //! then answers each write. A write refused on its own merits (a quota) is answered with its
 //! error and leaves the rest of the batch alone; a storage or commit failure fails the whole
 //! batch, and nothing of it is kept.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -18,6 +19,8 @@ use super::{KvError, events, kv};
 
 /// The most writes committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
+/// The longest the writer waits for more writes before a commit; see [`gather`].
+const MAX_LINGER: Duration = Duration::from_micros(500);
 
 /// One write for the writer thread, with where to send its answer.
 pub(crate) enum Op {
@@ -93,18 +96,18 @@ impl Drop for WriterThread {
 fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Op>, limits: KvLimits) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut close_replies = Vec::new();
-    let mut linger = std::time::Duration::ZERO;
-    let (mut sb, mut so, mut st) = (0u64, 0u64, 0u64);
+    let mut linger = Duration::ZERO;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         gather(&mut rx, &mut batch, linger);
-        sb += 1; so += batch.len() as u64;
-        let t0 = std::time::Instant::now();
-        let r = commit(&db, &batch, &limits);
-        let took = t0.elapsed();
-        st += took.as_micros() as u64;
-        linger = if batch.len() > 1 && std::env::var_os("LINGER").is_some() { (took / 4).min(std::time::Duration::from_micros(500)) } else { std::time::Duration::ZERO };
-        let outcomes = match r {
+        let started = Instant::now();
+        let result = commit(&db, &batch, &limits);
+        linger = if batch.len() > 1 {
+            (started.elapsed() / 4).min(MAX_LINGER)
+        } else {
+            Duration::ZERO
+        };
+        let outcomes = match result {
             Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::error!(error = %e, writes = batch.len(), "store commit failed");
@@ -121,16 +124,21 @@ fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Op>, limits: KvLimits) {
             }
         }
     }
-    eprintln!("STATS batches {sb} ops {so} avg {} commit_us_avg {}", so as f64 / sb as f64, st / sb.max(1));
     drop(db);
     for reply in close_replies {
         let _ = reply.send(());
     }
 }
 
-/// Adds the writes already queued to `batch`.
-fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, linger: std::time::Duration) {
-    let mut last = std::time::Instant::now();
+/// Adds queued writes to `batch` until none has come for `linger`.
+///
+/// The callers answered by the last commit are typically re-submitting right now; without a
+/// short wait for them, concurrent writers split into two groups that take turns, and every
+/// round costs two commits instead of one. So after a commit of several writes, the writer
+/// waits (yielding the CPU, never sleeping) for a quarter of that commit's time, at most
+/// [`MAX_LINGER`], after the last arrival. After a lone write it does not wait at all.
+fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, linger: Duration) {
+    let mut last_arrival = Instant::now();
     loop {
         let before = batch.len();
         while batch.len() < MAX_BATCH {
@@ -142,10 +150,10 @@ fn gather(rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, linger: std::time::D
         if batch.len() >= MAX_BATCH {
             return;
         }
-        if batch.len() == before {
-            if last.elapsed() >= linger { return; }
-        } else {
-            last = std::time::Instant::now();
+        if batch.len() > before {
+            last_arrival = Instant::now();
+        } else if last_arrival.elapsed() >= linger {
+            return;
         }
         std::thread::yield_now();
     }
@@ -303,4 +311,3 @@ fn answer(op: Op, outcome: Result<Outcome, StoreError>) {
         }
     }
 }
-

@@ -124,6 +124,16 @@ async fn rescan_picks_up_new_plugins_and_forgets_removed_ones() {
     host.rescan().await.unwrap();
     wait_event(&mut rx, "late", EventKind::Started).await;
     let pid = pid_of(&host, "late");
+    // An unchanged folder changes nothing.
+    host.rescan().await.unwrap();
+    assert_eq!(pid_of(&host, "late"), pid);
+    // A replaced file is reloaded.
+    env.install_test_plugin("serve-again", "late");
+    host.rescan().await.unwrap();
+    wait_event(&mut rx, "late", EventKind::Started).await;
+    assert!(!alive(pid), "the old process {pid} outlived its file");
+    assert_eq!(host.get("late").unwrap().metadata.unwrap().name, "Test serve-again");
+    let pid = pid_of(&host, "late");
     std::fs::remove_file(file).unwrap();
     host.rescan().await.unwrap();
     wait_event(&mut rx, "late", EventKind::Removed).await;
