@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::KvError;
+
 use crate::protocol::{
     CowStr, ErrorReply, Init, KV_LIST_MAX, KvRequest, KvResult, Level, LogRecord, Message, Payload,
     RequestId,
@@ -98,24 +100,6 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.link.lock_pending().remove(&self.id);
     }
-}
-
-/// Why a KV call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KvError {
-    /// The host answered with an `error` (for example `kv_too_large`). Displays as
-    /// `code: message`.
-    #[error("{code}: {message}")]
-    Host {
-        /// The error code (see [`error_code`](crate::protocol::error_code)).
-        code: String,
-        /// The host's sentence.
-        message: String,
-    },
-    /// The connection to the host closed before the reply came.
-    #[error("the connection to the host closed before it answered the kv request")]
-    Disconnected,
 }
 
 /// The plugin's key-value store, kept by the host in its own namespace. Get it from

@@ -10,17 +10,20 @@
 //! be driven over [`tokio::net::UnixStream::pair`] with [`serve`].
 
 mod context;
+mod error;
 mod http;
+mod in_flight;
 mod plugin;
 mod run;
 mod serve;
 mod writer;
 
-pub use context::{Kv, KvError, PluginContext};
+pub use context::{Kv, PluginContext};
+pub use error::{InitError, KvError, ServeError};
 pub use http::{Request, Response};
-pub use plugin::{InitError, ToruPlugin};
+pub use plugin::ToruPlugin;
 pub use run::run;
-pub use serve::{ServeError, serve};
+pub use serve::serve;
 
 /// An error and its sources, joined by `": "`: one line for stderr or an `error` reply.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 
-use super::context::{KvError, PluginContext};
+use super::context::PluginContext;
+use super::error::InitError;
 use super::http::{Request, Response};
 use crate::protocol::PluginMetadata;
 
@@ -42,24 +43,5 @@ pub trait ToruPlugin: Send + Sync + 'static {
     /// `not_found`.
     fn bundle(&self) -> Option<&str> {
         None
-    }
-}
-
-/// Why a plugin refused to start (see [`ToruPlugin::init`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum InitError {
-    /// The plugin's own reason, for example "license key expired on 2025-01-31".
-    #[error("{0}")]
-    Refused(String),
-    /// A KV call made during init failed.
-    #[error("a kv call during init failed")]
-    Kv(#[from] KvError),
-}
-
-impl InitError {
-    /// A refusal with the given reason.
-    pub fn refused(reason: impl Into<String>) -> Self {
-        InitError::Refused(reason.into())
     }
 }

@@ -4,31 +4,31 @@
 //! `ping`, `get_bundle` and `cancel` are answered on the spot, and replies to the plugin's own
 //! KV requests are routed to the waiting call. Everything written goes through the writer task.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use super::context::{Link, PluginContext};
+use super::context::{Link, PluginContext, Reply};
+use super::error::{InitError, ServeError};
 use super::error_chain;
 use super::http::{Request, Response};
-use super::plugin::{InitError, ToruPlugin};
+use super::in_flight::InFlight;
+use super::plugin::ToruPlugin;
 use super::writer::write_loop;
 use crate::codec::{CodecError, Frame, JsonCodec};
 use crate::protocol::{
-    Bundle, CowStr, EXIT_CONFIG, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready,
-    RequestId, VersionRange, error_code,
+    Bundle, CowStr, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready, RequestId,
+    VersionRange, error_code,
 };
 
 /// How long `shutdown` waits for requests in flight.
@@ -36,43 +36,6 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the end of a connection waits for queued replies to be written.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How a connection ended badly. [`exit_code`](Self::exit_code) is what [`run`](crate::run)
-/// exits with.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The host's protocol versions and the plugin's do not overlap. The host got an `error`
-    /// with code `unsupported_protocol_version`.
-    #[error(
-        "the host offers protocol {host} and this plugin speaks {plugin}: no version in common"
-    )]
-    UnsupportedVersion {
-        /// What the host offered in `init`.
-        host: VersionRange,
-        /// What the plugin speaks.
-        plugin: VersionRange,
-    },
-    /// [`ToruPlugin::init`] refused to start. The host got an `error` with code
-    /// `init_refused`.
-    #[error("the plugin refused to start")]
-    InitRefused(#[source] InitError),
-    /// The connection broke: a frame over the size limit, the stream ending inside a frame, or
-    /// an i/o error.
-    #[error("the connection to the host failed")]
-    Connection(#[from] CodecError),
-}
-
-impl ServeError {
-    /// The process exit code for this error: [`EXIT_CONFIG`] (78, "do not restart") for a
-    /// version mismatch or a refused init, 1 otherwise.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ServeError::UnsupportedVersion { .. } | ServeError::InitRefused(_) => EXIT_CONFIG,
-            ServeError::Connection(_) => 1,
-        }
-    }
-}
 
 /// Serves one host connection that is already established, until the host sends `shutdown`
 /// (then in-flight requests get up to 5 s to finish) or closes the connection.
@@ -96,7 +59,7 @@ pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), S
         link: link.clone(),
         frames: FramedRead::new(read, JsonCodec::new()),
         tasks: JoinSet::new(),
-        in_flight: Arc::default(),
+        in_flight: InFlight::default(),
         ctx: None,
         state: State::Initialising,
     };
@@ -110,13 +73,7 @@ pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), S
     result
 }
 
-type InFlight = Arc<Mutex<HashMap<RequestId, AbortHandle>>>;
-
 type InitFuture = Pin<Box<dyn Future<Output = Result<(), InitError>> + Send>>;
-
-fn lock(in_flight: &InFlight) -> MutexGuard<'_, HashMap<RequestId, AbortHandle>> {
-    in_flight.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -139,10 +96,8 @@ struct Connection<P> {
     plugin: Arc<P>,
     link: Arc<Link>,
     frames: FramedRead<OwnedReadHalf, JsonCodec>,
+    /// Every handler task; `in_flight` finds them by request id.
     tasks: JoinSet<()>,
-    /// Requests whose handler runs, by the host's request id. A handler removes its own entry
-    /// before it replies, and `cancel` removes it before aborting, both under the lock, so a
-    /// cancelled request never gets a reply.
     in_flight: InFlight,
     ctx: Option<PluginContext>,
     state: State,
@@ -222,7 +177,7 @@ impl<P: ToruPlugin> Connection<P> {
                 return Ok(None);
             };
             let msg = match frame.message() {
-                Ok(msg) => msg,
+                Ok(msg) => msg.into_owned(),
                 Err(e) => {
                     self.refuse_malformed(&e);
                     continue;
@@ -230,10 +185,7 @@ impl<P: ToruPlugin> Connection<P> {
             };
             let id = msg.request_id;
             match msg.payload {
-                Payload::Init(init) => match Payload::Init(init).into_owned() {
-                    Payload::Init(init) => return Ok(Some((init, id))),
-                    _ => unreachable!("into_owned keeps the variant"),
-                },
+                Payload::Init(init) => return Ok(Some((init, id))),
                 other if id.is_some() => {
                     let text = format!("expected init first, got {}", other.type_name());
                     self.reply_error(id, error_code::BAD_REQUEST, text);
@@ -265,8 +217,8 @@ impl<P: ToruPlugin> Connection<P> {
                 self.link.send(Message::new(id, Payload::Pong));
             }
             Payload::Cancel => {
-                if let Some(handle) = id.and_then(|id| lock(&self.in_flight).remove(&id)) {
-                    handle.abort();
+                if let Some(id) = id {
+                    self.in_flight.cancel(id);
                 }
             }
             Payload::Shutdown => {
@@ -322,27 +274,18 @@ impl<P: ToruPlugin> Connection<P> {
                 .send(Message::with_id(id, Payload::HttpResponse(res)));
             return;
         }
-        let in_flight = self.in_flight.clone();
-        let mut map = lock(&in_flight);
-        if map.contains_key(&id) {
-            drop(map);
-            let text = format!("request {id} is already in flight");
-            return self.reply_error(Some(id), error_code::BAD_REQUEST, text);
-        }
         let ctx = self
             .ctx
             .clone()
             .expect("a context exists once init has come");
-        let task = handle_one(
-            self.plugin.clone(),
-            ctx,
-            req,
-            id,
-            self.link.clone(),
-            self.in_flight.clone(),
-        );
-        // Spawned under the lock, so the handler cannot look for its entry before it exists.
-        map.insert(id, self.tasks.spawn(task));
+        let (plugin, link) = (self.plugin.clone(), self.link.clone());
+        if !self
+            .in_flight
+            .spawn(&mut self.tasks, id, plugin, ctx, req, link)
+        {
+            let text = format!("request {id} is already in flight");
+            self.reply_error(Some(id), error_code::BAD_REQUEST, text);
+        }
     }
 
     fn on_get_bundle(&mut self, id: Option<RequestId>) {
@@ -372,7 +315,7 @@ impl<P: ToruPlugin> Connection<P> {
         }
     }
 
-    fn on_reply(&self, id: Option<RequestId>, reply: super::context::Reply) {
+    fn on_reply(&self, id: Option<RequestId>, reply: Reply) {
         let routed = id.is_some_and(|id| self.link.resolve(id, reply));
         if !routed {
             tracing::debug!(request.id = ?id, "a reply matched no request in flight");
@@ -389,36 +332,6 @@ impl<P: ToruPlugin> Connection<P> {
 
     fn reply_error(&self, id: Option<RequestId>, code: &'static str, text: impl Into<String>) {
         self.link.send(Message::error(id, code, text.into()));
-    }
-}
-
-/// Runs one handler and sends its reply, unless a `cancel` came first.
-async fn handle_one<P: ToruPlugin>(
-    plugin: Arc<P>,
-    ctx: PluginContext,
-    req: Request,
-    id: RequestId,
-    link: Arc<Link>,
-    in_flight: InFlight,
-) {
-    let outcome = AssertUnwindSafe(plugin.handle_http(&ctx, req))
-        .catch_unwind()
-        .await;
-    let reply = match outcome {
-        Ok(res) => Message::with_id(id, Payload::HttpResponse(res.into_wire())),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let text = format!("the handler panicked: {what}");
-            Message::error(Some(id), error_code::PLUGIN_ERROR, text)
-        }
-    };
-    let mut map = lock(&in_flight);
-    if map.remove(&id).is_some() {
-        link.send(reply);
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
 use super::*;
-use crate::protocol::{HttpResponse, KvRequest, Level, PluginMetadata};
+use crate::protocol::{EXIT_CONFIG, HttpResponse, KvRequest, Level, PluginMetadata};
 use crate::sdk::Response;
 use crate::sdk::run::effective_metadata;
 
