@@ -62,6 +62,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod license;
 pub mod protocol;
 pub mod sdk;
 

@@ -1,0 +1,123 @@
+//! Toru's example of a proprietary plugin: it starts only with a license key issued for the
+//! Toru instance it runs on, and shows what the license grants.
+//!
+//! The plugin embeds its vendor's Ed25519 *public* key and checks the `license_key` setting in
+//! `init`. Without a valid key it refuses to start: the SDK logs the reason, answers `init` with
+//! `init_refused` and exits 78, and the host shows the plugin as failed with that reason and
+//! does not restart it. See README.md and docs/licensing.md.
+
+use std::sync::OnceLock;
+
+use serde_json::json;
+use toru_plugin_api::license::{self, LicenseClaims, LicensePolicy};
+use toru_plugin_api::{
+    InitError, PluginContext, PluginMetadata, Request, Response, ToruPlugin, async_trait,
+};
+
+/// The id licenses are issued for. The plugin checks keys against this, not against the id a
+/// host gives it, so renaming the file does not change which keys it takes.
+const ID: &str = "hello-licensed";
+
+/// The vendor's verifying keys. This one is a DEMO key whose secret half is published in
+/// `demo-vendor-key.secret`; a real plugin embeds the public key from its vendor's own
+/// `toru-license keygen`. To rotate, add the new key here and keep the old one while licenses
+/// signed with it are in use.
+const VENDOR_KEYS: &[&str] =
+    &["toru1.ed25519-public.demo-2026.QCzk0Bre2aIAO4OkCoywtp3enxBUJVoHMSGx4tvPqNw"];
+
+/// The feature that unlocks `GET /hello-licensed/report`.
+const REPORTS: &str = "reports";
+
+#[derive(Default)]
+struct HelloLicensed {
+    /// The license `init` accepted.
+    license: OnceLock<LicenseClaims>,
+}
+
+fn policy() -> LicensePolicy {
+    LicensePolicy::from_keys(VENDOR_KEYS).expect("the embedded vendor keys are valid key texts")
+}
+
+#[async_trait]
+impl ToruPlugin for HelloLicensed {
+    fn metadata(&self) -> PluginMetadata {
+        PluginMetadata {
+            id: ID.into(),
+            name: "Hello (licensed)".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            author: "Toru".into(),
+            description: "A proprietary plugin example: runs only with a license key for this \
+                          instance, and shows what the license grants."
+                .into(),
+            icon: "🔑".into(),
+            route: "/hello-licensed".into(),
+            protocol: None, // the SDK fills in the versions it speaks
+            frontend: false,
+            license_required: true,
+        }
+    }
+
+    async fn init(&self, ctx: &PluginContext) -> Result<(), InitError> {
+        let claims = license::check_init(&policy(), ID, ctx.instance_id(), ctx.settings())
+            .map_err(|e| InitError::refused(e.to_string()))?;
+        let until = claims
+            .expires_at
+            .map_or("with no expiry".to_owned(), |t| format!("until {t}"));
+        ctx.info(format!("licensed for this instance {until}"));
+        let _ = self.license.set(claims);
+        Ok(())
+    }
+
+    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
+        let Some(license) = self.license.get() else {
+            // Unreachable through the SDK, which calls init first.
+            return Response::error(503, "the plugin has not checked its license yet");
+        };
+        match (req.method.as_str(), req.subpath()) {
+            ("GET", "" | "/") => Response::json(
+                200,
+                &json!({
+                    "message": "Hello from a licensed plugin!",
+                    "plugin": ID,
+                    "instance_id": ctx.instance_id(),
+                    "license": {
+                        "issued_at": license.issued_at.to_string(),
+                        "expires_at": license.expires_at.map(|t| t.to_string()),
+                        "features": license.features,
+                    },
+                }),
+            ),
+            ("GET", "/report") if license.has_feature(REPORTS) => Response::json(
+                200,
+                &json!({ "report": "everything is fine", "feature": REPORTS }),
+            ),
+            ("GET", "/report") => Response::error(
+                403,
+                &format!("this license does not include the {REPORTS:?} feature"),
+            ),
+            (_, "" | "/" | "/report") => Response::error(405, "method not allowed"),
+            _ => Response::error(404, "not found"),
+        }
+    }
+}
+
+fn main() {
+    toru_plugin_api::run(HelloLicensed::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_keys_parse() {
+        assert_eq!(policy().keys().count(), VENDOR_KEYS.len());
+    }
+
+    #[test]
+    fn metadata_is_valid_and_requires_a_license() {
+        let meta = HelloLicensed::default().metadata();
+        assert_eq!(meta.validate(), Ok(()));
+        assert!(meta.license_required);
+    }
+}
