@@ -6,10 +6,8 @@
 //! `init_refused` and exits 78, and the host shows the plugin as failed with that reason and
 //! does not restart it. See README.md and docs/licensing.md.
 
-use std::sync::OnceLock;
-
 use serde_json::json;
-use toru_plugin_api::license::{self, LicenseClaims, LicensePolicy};
+use toru_plugin_api::license::LicensePolicy;
 use toru_plugin_api::{
     InitError, PluginContext, PluginMetadata, Request, Response, ToruPlugin, async_trait,
 };
@@ -28,10 +26,15 @@ const VENDOR_KEYS: &[&str] =
 /// The feature that unlocks `GET /hello-licensed/report`.
 const REPORTS: &str = "reports";
 
-#[derive(Default)]
 struct HelloLicensed {
-    /// The license `init` accepted.
-    license: OnceLock<LicenseClaims>,
+    /// The keys licenses must be signed with; the SDK checks the key before `init`.
+    policy: LicensePolicy,
+}
+
+impl Default for HelloLicensed {
+    fn default() -> Self {
+        HelloLicensed { policy: policy() }
+    }
 }
 
 fn policy() -> LicensePolicy {
@@ -53,24 +56,28 @@ impl ToruPlugin for HelloLicensed {
             route: "/hello-licensed".into(),
             protocol: None, // the SDK fills in the versions it speaks
             frontend: false,
-            license_required: true,
+            license_required: true, // the SDK would set it too, since license() is Some
         }
     }
 
+    fn license(&self) -> Option<&LicensePolicy> {
+        Some(&self.policy)
+    }
+
     async fn init(&self, ctx: &PluginContext) -> Result<(), InitError> {
-        let claims = license::check_init(&policy(), ID, ctx.instance_id(), ctx.settings())
-            .map_err(|e| InitError::refused(e.to_string()))?;
-        let until = claims
-            .expires_at
-            .map_or("with no expiry".to_owned(), |t| format!("until {t}"));
-        ctx.info(format!("licensed for this instance {until}"));
-        let _ = self.license.set(claims);
+        // The SDK accepted the key before calling init; a refused key never gets here.
+        if let Some(claims) = ctx.license() {
+            let until = claims
+                .expires_at
+                .map_or("with no expiry".to_owned(), |t| format!("until {t}"));
+            ctx.info(format!("licensed for this instance {until}"));
+        }
         Ok(())
     }
 
     async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
-        let Some(license) = self.license.get() else {
-            // Unreachable through the SDK, which calls init first.
+        let Some(license) = ctx.license() else {
+            // Unreachable through the SDK, which checks the license before any request.
             return Response::error(503, "the plugin has not checked its license yet");
         };
         match (req.method.as_str(), req.subpath()) {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::error::KvError;
+use crate::license::LicenseClaims;
 
 use crate::protocol::{
     CowStr, ErrorReply, Init, KV_LIST_MAX, KvRequest, KvResult, Level, LogRecord, Message, Payload,
@@ -208,10 +209,16 @@ struct Inner {
     settings: BTreeMap<String, serde_json::Value>,
     protocol_version: u32,
     kv: Kv,
+    license: Option<LicenseClaims>,
 }
 
 impl PluginContext {
-    pub(crate) fn new(init: Init<'_>, protocol_version: u32, link: Arc<Link>) -> Self {
+    pub(crate) fn new(
+        init: Init<'_>,
+        protocol_version: u32,
+        link: Arc<Link>,
+        license: Option<LicenseClaims>,
+    ) -> Self {
         PluginContext {
             inner: Arc::new(Inner {
                 instance_id: init.instance_id.into_string(),
@@ -220,8 +227,15 @@ impl PluginContext {
                 settings: init.settings,
                 protocol_version,
                 kv: Kv { link },
+                license,
             }),
         }
+    }
+
+    /// The license the SDK accepted for this run, for a plugin whose
+    /// [`ToruPlugin::license`](super::ToruPlugin::license) returns a policy.
+    pub fn license(&self) -> Option<&LicenseClaims> {
+        self.inner.license.as_ref()
     }
 
     /// The host's instance id (a UUID).
@@ -305,7 +319,7 @@ mod tests {
                 "socket_path":"/s","log_path":"/l/p.log","settings":{"license_key":"k"}}"#,
         )
         .unwrap();
-        (PluginContext::new(init, 1, Arc::new(Link::new(tx))), rx)
+        (PluginContext::new(init, 1, Arc::new(Link::new(tx)), None), rx)
     }
 
     fn next(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Message<'static> {

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use super::context::PluginContext;
 use super::error::InitError;
 use super::http::{Request, Response};
+use crate::license::LicensePolicy;
 use crate::protocol::PluginMetadata;
 
 /// A Toru plugin. Implement it and hand the value to [`run`](crate::run) from `main`.
@@ -37,6 +38,17 @@ pub trait ToruPlugin: Send + Sync + 'static {
     /// below the route reach the handler: the SDK answers any other with 404
     /// `{"error": "not found"}`. A panic becomes an `error` reply with code `plugin_error`.
     async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response;
+
+    /// The license keys this plugin accepts, for a plugin that needs a license. When it returns
+    /// a policy, the SDK checks the `license_key` setting against it, this plugin's id and the
+    /// host's instance id before [`init`](Self::init): a key that is missing or refused makes the
+    /// plugin refuse to start (exit 78) with the reason, and an accepted key's claims are in
+    /// [`PluginContext::license`]. `--metadata` then says `"license_required": true`.
+    ///
+    /// The default, `None`, is a plugin that needs no license (a community plugin).
+    fn license(&self) -> Option<&LicensePolicy> {
+        None
+    }
 
     /// The frontend bundle, an ES module that exports `mount(container, api)` and
     /// `unmount(container)`, served to the host's `get_bundle`. `None` (the default) answers

@@ -65,11 +65,13 @@ fn mode(args: &[OsString], socket: Option<OsString>) -> Mode {
     }
 }
 
-/// The metadata as `--metadata` prints it: `protocol` and `frontend` filled in by the SDK.
+/// The metadata as `--metadata` prints it: `protocol`, `frontend` and `license_required` filled
+/// in by the SDK.
 pub(crate) fn effective_metadata<P: ToruPlugin>(plugin: &P) -> PluginMetadata {
     let mut meta = plugin.metadata();
     meta.protocol.get_or_insert(VersionRange::SUPPORTED);
     meta.frontend |= plugin.bundle().is_some();
+    meta.license_required |= plugin.license().is_some();
     meta
 }
 

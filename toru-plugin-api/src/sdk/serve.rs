@@ -20,6 +20,7 @@ use tokio_util::codec::FramedRead;
 
 use super::context::{Link, PluginContext, Reply};
 use super::error::{InitError, ServeError};
+use crate::license::check_init;
 use super::error_chain;
 use super::http::{Request, Response};
 use super::in_flight::InFlight;
@@ -121,7 +122,20 @@ impl<P: ToruPlugin> Connection<P> {
             );
             return Err(err);
         };
-        let ctx = PluginContext::new(init, version, self.link.clone());
+        let license = match self.plugin.license() {
+            None => None,
+            Some(policy) => {
+                match check_init(policy, &self.id, &init.instance_id, &init.settings) {
+                    Ok(claims) => Some(claims),
+                    Err(e) => {
+                        let e = InitError::refused(e.to_string());
+                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                        return Err(ServeError::InitRefused(e));
+                    }
+                }
+            }
+        };
+        let ctx = PluginContext::new(init, version, self.link.clone(), license);
         self.ctx = Some(ctx.clone());
         let plugin = self.plugin.clone();
         let mut init_fut: Option<InitFuture> =
