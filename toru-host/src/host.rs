@@ -48,8 +48,18 @@ impl PluginHost {
         PluginHostBuilder::default()
     }
 
-    pub(crate) async fn start(settings: PluginHostBuilder) -> Result<PluginHost, StartError> {
+    pub(crate) async fn start(mut settings: PluginHostBuilder) -> Result<PluginHost, StartError> {
         create_dir(&settings.plugin_dir)?;
+        // Plugins run with their folder as working directory, so a relative path would no
+        // longer name their file.
+        settings.plugin_dir =
+            settings
+                .plugin_dir
+                .canonicalize()
+                .map_err(|source| StartError::Dir {
+                    path: settings.plugin_dir.clone(),
+                    source,
+                })?;
         create_dir(&settings.data_dir)?;
         let config = Config::load(settings.config_path())?;
         let store = Store::open(&settings.db_path(), settings.kv_limits)?;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::builder::PluginHostBuilder;
 use crate::config::Config;
 use crate::events::{EventKind, PluginEvent};
-use crate::logs::PluginLogs;
+use crate::logs::{LogSource, PluginLogs};
 use crate::state::{Entry, Registry, Runner};
 use crate::store::Store;
 
@@ -71,6 +71,23 @@ impl Shared {
         }
         self.logs
             .supervisor(level, &event.plugin_id, event.kind.as_str(), &line);
+        // What happened to the plugin belongs in its own log too, beside its last words.
+        if matches!(
+            event.kind,
+            EventKind::Crashed
+                | EventKind::Unhealthy
+                | EventKind::Restarting
+                | EventKind::Disabled
+                | EventKind::Failed
+        ) {
+            self.logs.write(
+                &event.plugin_id,
+                level,
+                LogSource::Host,
+                &format!("toru: plugin {line}"),
+                None,
+            );
+        }
         match level {
             Level::Error => {
                 tracing::error!(plugin.id = %event.plugin_id, event = %event.kind, reason = ?event.reason, "plugin event")

@@ -132,12 +132,36 @@ async fn rescan_picks_up_new_plugins_and_forgets_removed_ones() {
     host.rescan().await.unwrap();
     wait_event(&mut rx, "late", EventKind::Started).await;
     assert!(!alive(pid), "the old process {pid} outlived its file");
-    assert_eq!(host.get("late").unwrap().metadata.unwrap().name, "Test serve-again");
+    assert_eq!(
+        host.get("late").unwrap().metadata.unwrap().name,
+        "Test serve-again"
+    );
     let pid = pid_of(&host, "late");
     std::fs::remove_file(file).unwrap();
     host.rescan().await.unwrap();
     wait_event(&mut rx, "late", EventKind::Removed).await;
     assert!(host.get("late").is_err());
     assert!(!alive(pid), "plugin process {pid} outlived its removal");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_relative_plugins_folder_works() {
+    let env = Env::new();
+    env.install_test_plugin("serve", "rel");
+    // The same folder, named relative to the current directory.
+    let cwd = std::env::current_dir().unwrap();
+    let mut relative = std::path::PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        relative.push("..");
+    }
+    relative.push(env.plugins().strip_prefix("/").unwrap());
+    let mut b = env.builder();
+    b.plugin_dir(&relative);
+    let host = b.start().await.unwrap();
+    let mut rx = host.subscribe();
+    if !host.get("rel").unwrap().state.serves() {
+        wait_event(&mut rx, "rel", EventKind::Started).await;
+    }
     host.shutdown().await;
 }

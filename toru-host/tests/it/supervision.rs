@@ -93,6 +93,26 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
     );
     assert_eq!(host.get("p").unwrap().restarts, 3);
     host.shutdown().await;
+    // The crashes are in the plugin's own log, beside its last lines.
+    let host = env.start().await;
+    let page = host
+        .logs(
+            "p",
+            &toru_host::LogQuery {
+                page: 0,
+                page_size: 1000,
+                min_level: None,
+            },
+        )
+        .await
+        .unwrap();
+    let crashes = page
+        .entries
+        .iter()
+        .filter(|e| e.source == toru_host::LogSource::Host && e.message.contains("crashed"))
+        .count();
+    assert_eq!(crashes, 3, "{page:?}");
+    host.shutdown().await;
 }
 
 #[tokio::test]
