@@ -29,6 +29,9 @@ use crate::logs::PluginLogs;
 use crate::request::PluginResponse;
 use crate::store::PluginKv;
 
+/// The close reason when the plugin closes its end of the socket.
+pub(crate) const CLOSED_BY_PLUGIN: &str = "the plugin closed its connection";
+
 /// A reply from the plugin, detached from its frame.
 #[derive(Debug)]
 pub(crate) enum Reply {
@@ -252,7 +255,7 @@ async fn reader(
         };
         let frame = match next {
             None => {
-                conn.close("the plugin closed its connection");
+                conn.close(CLOSED_BY_PLUGIN);
                 return;
             }
             Some(Err(e)) => {

@@ -272,10 +272,22 @@ async fn run_once(
             (format!("plugin exited unexpectedly with {exit}"), exit)
         }
         End::Broken(reason) => {
-            // The process may be on its way out by itself; its own exit status says more.
+            // The process may be on its way out by itself (killed, crashed, exited): then its
+            // exit says more than a closed socket does.
             let grace = shared.settings.stop_grace.min(Duration::from_secs(2));
-            let exit = process::stop(&mut child, pid, grace).await;
-            (reason, exit)
+            match tokio::time::timeout(grace, process::wait_reaped(&mut child)).await {
+                Ok(status) => {
+                    kill_group(Some(pid), rustix::process::Signal::KILL);
+                    let exit = ExitStatus::from(status);
+                    let reason = if reason == crate::connection::CLOSED_BY_PLUGIN {
+                        format!("plugin exited unexpectedly with {exit}")
+                    } else {
+                        reason
+                    };
+                    (reason, exit)
+                }
+                Err(_) => (reason, process::stop(&mut child, pid, Duration::ZERO).await),
+            }
         }
         End::Hung(reason) => {
             conn.close(reason.clone());

@@ -67,6 +67,8 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
         );
         let info = host.get("p").unwrap();
         assert_eq!(info.last_exit, Some(exit), "{how}");
+        let reason = info.last_error.unwrap_or_default();
+        assert!(reason.contains(&exit.to_string()), "{how}: {reason}");
         assert_eq!(info.state, PluginState::Running, "{how}");
         assert_ne!(info.pid, Some(pid), "{how}");
         neighbour_serves(&host).await;
