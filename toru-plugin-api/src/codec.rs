@@ -91,7 +91,14 @@ impl Frame {
     /// [`CodecError::Malformed`] when the bytes are not a valid message, with the `type` and
     /// `request_id` when those could still be read, so the receiver can answer.
     pub fn message(&self) -> Result<Message<'_>, CodecError> {
-        serde_json::from_slice(&self.0).map_err(|source| {
+        // Checking the whole frame's UTF-8 in one pass costs far less than serde_json checking
+        // each borrowed string on its own. Bytes that are not UTF-8 go the slow way, which gives
+        // the same result and error as before.
+        let parsed = match std::str::from_utf8(&self.0) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(&self.0),
+        };
+        parsed.map_err(|source| {
             let head: EnvelopeHead = serde_json::from_slice(&self.0).unwrap_or_default();
             CodecError::Malformed {
                 type_name: head.type_name,
@@ -179,7 +186,7 @@ impl Encoder<&Message<'_>> for JsonCodec {
     fn encode(&mut self, msg: &Message<'_>, dst: &mut BytesMut) -> Result<(), CodecError> {
         let start = dst.len();
         dst.put_u32(0);
-        if let Err(e) = serde_json::to_writer(dst.writer(), msg) {
+        if let Err(e) = serde_json::to_writer(BytesWriter(dst), msg) {
             dst.truncate(start);
             return Err(CodecError::Io(e.into()));
         }
@@ -192,6 +199,29 @@ impl Encoder<&Message<'_>> for JsonCodec {
             });
         }
         dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+}
+
+/// Appends to a `BytesMut`. serde_json writes every quote, colon and comma on its own; bytes'
+/// `Writer` sends each through `write` and an out-of-line `put_slice`, which made encoding
+/// about twice as slow as writing into a `Vec`.
+struct BytesWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesWriter<'_> {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }

@@ -610,14 +610,15 @@ async fn framed_pipe_carries_every_variant_through_tiny_reads() {
 
 #[tokio::test]
 async fn framed_read_reports_a_frame_cut_short_by_eof() {
-    let (mut a, b) = tokio::io::duplex(64);
-    let mut reader = FramedRead::new(b, JsonCodec::new());
     let bytes = [framed(PING), framed(LOG)].concat();
     let cut = framed(PING).len() + 10;
-    a.write_all(&bytes[..cut]).await.unwrap();
-    drop(a);
+    // The pipe holds everything written, so the write completes before anyone reads.
+    let (mut a, b) = tokio::io::duplex(bytes.len());
+    let mut reader = FramedRead::new(b, JsonCodec::new());
 
     let wait = async {
+        a.write_all(&bytes[..cut]).await.unwrap();
+        drop(a);
         let first = reader
             .next()
             .await
@@ -639,23 +640,22 @@ async fn framed_read_reports_a_frame_cut_short_by_eof() {
 
 #[tokio::test]
 async fn framed_read_refuses_an_oversized_frame_from_a_socket() {
+    const MAX: usize = 64 * 1024;
     let (mut a, b) = tokio::net::UnixStream::pair().unwrap();
-    let mut reader = FramedRead::new(b, JsonCodec::with_max_frame_len(1024));
-    a.write_all(&(1025u32).to_be_bytes()).await.unwrap();
+    let mut reader = FramedRead::new(b, JsonCodec::with_max_frame_len(MAX));
+    a.write_all(&(MAX as u32 + 1).to_be_bytes()).await.unwrap();
     let got = tokio::time::timeout(IO_TIMEOUT, reader.next())
         .await
         .expect("timed out waiting for the oversized header to be refused");
     assert!(
-        matches!(
-            got,
-            Some(Err(CodecError::FrameTooLarge {
-                len: 1025,
-                max: 1024
-            }))
-        ),
+        matches!(got, Some(Err(CodecError::FrameTooLarge { len, max: MAX })) if len == MAX + 1),
         "{got:?}"
     );
-    assert!(reader.read_buffer().capacity() < 1025);
+    assert!(
+        reader.read_buffer().capacity() < MAX,
+        "the read buffer grew to {} bytes for a refused frame",
+        reader.read_buffer().capacity()
+    );
 }
 
 #[tokio::test]

@@ -136,7 +136,7 @@ pub struct HttpRequest<'a> {
     #[serde(borrow, default)]
     pub query: CowStr<'a>,
     /// The headers, in order, names in lower case.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text::headers")]
     pub headers: Vec<Header<'a>>,
     /// The body when it is valid UTF-8.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
@@ -152,7 +152,7 @@ pub struct HttpResponse<'a> {
     /// The status code.
     pub status: u16,
     /// The headers, in order.
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "text::headers")]
     pub headers: Vec<Header<'a>>,
     /// The body when it is valid UTF-8.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]

@@ -2,8 +2,10 @@ use std::borrow::{Borrow, Cow};
 use std::fmt;
 use std::ops::Deref;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use super::Header;
 
 /// A string that borrows from the frame it was decoded from when the JSON held no escapes, and
 /// owns its text otherwise.
@@ -131,6 +133,37 @@ impl<'de: 'a, 'a> Deserialize<'de> for CowStr<'a> {
     }
 }
 
+/// Room for a typical request's headers: serde_json gives no length hint, so a plain `Vec` would
+/// grow (and copy) twice on its way to 8 headers.
+const HEADERS_CAPACITY: usize = 16;
+
+/// Deserializes a header list into a `Vec` allocated once for typical requests.
+pub(crate) fn headers<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Header<'a>>, D::Error> {
+    struct HeadersVisitor;
+
+    impl<'de> Visitor<'de> for HeadersVisitor {
+        type Value = Vec<Header<'de>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list of [name, value] pairs")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // A hint comes from the input, so it is capped like serde's own `Vec` does.
+            let capacity = seq.size_hint().unwrap_or(HEADERS_CAPACITY).min(1024);
+            let mut headers = Vec::with_capacity(capacity);
+            while let Some(header) = seq.next_element()? {
+                headers.push(header);
+            }
+            Ok(headers)
+        }
+    }
+
+    deserializer.deserialize_seq(HeadersVisitor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +175,30 @@ mod tests {
         assert!(matches!(v[0].0.0, Cow::Borrowed("a")));
         assert!(matches!(v[1].0.0, Cow::Owned(_)));
         assert_eq!(v[1].0, "c\n");
+    }
+
+    #[test]
+    fn headers_keep_their_order_past_the_initial_capacity() {
+        #[derive(Deserialize)]
+        struct H<'a> {
+            #[serde(borrow, deserialize_with = "headers")]
+            h: Vec<Header<'a>>,
+        }
+        let pairs: Vec<String> = (0..40).map(|i| format!(r#"["n{i}","v{i}"]"#)).collect();
+        let json = format!(r#"{{"h":[{}]}}"#, pairs.join(","));
+        let got: H<'_> = serde_json::from_str(&json).unwrap();
+        assert_eq!(got.h.len(), 40);
+        for (i, (n, v)) in got.h.iter().enumerate() {
+            assert_eq!(
+                (n.as_str(), v.as_str()),
+                (&*format!("n{i}"), &*format!("v{i}"))
+            );
+            assert!(matches!(v.0, Cow::Borrowed(_)));
+        }
+        let empty: H<'_> = serde_json::from_str(r#"{"h":[]}"#).unwrap();
+        assert!(empty.h.is_empty());
+        assert!(serde_json::from_str::<H<'_>>(r#"{"h":[["a"]]}"#).is_err());
+        assert!(serde_json::from_str::<H<'_>>(r#"{"h":{"a":"b"}}"#).is_err());
     }
 
     #[test]
