@@ -319,7 +319,10 @@ mod tests {
                 "socket_path":"/s","log_path":"/l/p.log","settings":{"license_key":"k"}}"#,
         )
         .unwrap();
-        (PluginContext::new(init, 1, Arc::new(Link::new(tx)), None), rx)
+        (
+            PluginContext::new(init, 1, Arc::new(Link::new(tx)), None),
+            rx,
+        )
     }
 
     fn next(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Message<'static> {

@@ -20,13 +20,13 @@ use tokio_util::codec::FramedRead;
 
 use super::context::{Link, PluginContext, Reply};
 use super::error::{InitError, ServeError};
-use crate::license::check_init;
 use super::error_chain;
 use super::http::{Request, Response};
 use super::in_flight::InFlight;
 use super::plugin::ToruPlugin;
 use super::writer::write_loop;
 use crate::codec::{CodecError, Frame, JsonCodec};
+use crate::license::check_init;
 use crate::protocol::{
     Bundle, CowStr, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready, RequestId,
     VersionRange, error_code,
@@ -124,16 +124,14 @@ impl<P: ToruPlugin> Connection<P> {
         };
         let license = match self.plugin.license() {
             None => None,
-            Some(policy) => {
-                match check_init(policy, &self.id, &init.instance_id, &init.settings) {
-                    Ok(claims) => Some(claims),
-                    Err(e) => {
-                        let e = InitError::refused(e.to_string());
-                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
-                        return Err(ServeError::InitRefused(e));
-                    }
+            Some(policy) => match check_init(policy, &self.id, &init.instance_id, &init.settings) {
+                Ok(claims) => Some(claims),
+                Err(e) => {
+                    let e = InitError::refused(e.to_string());
+                    self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                    return Err(ServeError::InitRefused(e));
                 }
-            }
+            },
         };
         let ctx = PluginContext::new(init, version, self.link.clone(), license);
         self.ctx = Some(ctx.clone());
