@@ -1,0 +1,241 @@
+//! The REST API under `/api` (behind authentication): plugins, their bundles, logs and events,
+//! and the instance.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use toru_host::{CallError, EventQuery, LogEntry, LogQuery};
+use toru_plugin_api::protocol::Level;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::{ApiError, State, events, with_state};
+
+pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
+    let list = warp::path!("plugins")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: State| json(&json!({ "plugins": state.host.list() })));
+    let get = warp::path!("plugins" / String)
+        .and(warp::get())
+        .and(with_state(state))
+        .and_then(|id: String, state: State| async move {
+            state.host.get(&id).map(|info| json(&info)).map_err(reject)
+        });
+    let enable = warp::path!("plugins" / String / "enable")
+        .and(warp::post())
+        .and(with_state(state))
+        .and_then(|id: String, state: State| async move {
+            tracing::info!(plugin.id = %id, "enabling plugin");
+            state
+                .host
+                .enable(&id)
+                .await
+                .map(|i| json(&i))
+                .map_err(reject)
+        });
+    let disable = warp::path!("plugins" / String / "disable")
+        .and(warp::post())
+        .and(with_state(state))
+        .and_then(|id: String, state: State| async move {
+            tracing::info!(plugin.id = %id, "disabling plugin");
+            state
+                .host
+                .disable(&id)
+                .await
+                .map(|i| json(&i))
+                .map_err(reject)
+        });
+    let bundle = warp::path!("plugins" / String / "bundle.js")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and(with_state(state))
+        .and_then(bundle);
+    let logs = warp::path!("plugins" / String / "logs")
+        .and(warp::get())
+        .and(warp::query::<LogParams>())
+        .and(with_state(state))
+        .and_then(logs);
+    let plugin_events = warp::path!("plugins" / String / "events")
+        .and(warp::get())
+        .and(warp::query::<EventParams>())
+        .and(with_state(state))
+        .and_then(plugin_events);
+    let instance = warp::path!("instance")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(|state: State| {
+            json(&json!({
+                "instance_id": state.host.instance_id(),
+                "version": env!("CARGO_PKG_VERSION"),
+            }))
+        });
+    list.or(get)
+        .unify()
+        .or(enable)
+        .unify()
+        .or(disable)
+        .unify()
+        .or(bundle)
+        .unify()
+        .or(logs)
+        .unify()
+        .or(plugin_events)
+        .unify()
+        .or(instance)
+        .unify()
+        .or(events::route(state))
+        .unify()
+        .boxed()
+}
+
+fn json(value: &impl Serialize) -> Response {
+    warp::reply::json(value).into_response()
+}
+
+fn reject(e: impl Into<ApiError>) -> Rejection {
+    e.into().reject()
+}
+
+/// The plugin's JavaScript module, with an ETag; 304 when the client has it.
+async fn bundle(
+    id: String,
+    if_none_match: Option<String>,
+    state: State,
+) -> Result<Response, Rejection> {
+    let no_bundle = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_bundle",
+            format!("plugin {id:?} has no frontend"),
+        )
+        .reject()
+    };
+    // A plugin that says it has no frontend is not asked (it need not answer at all).
+    let info = state.host.get(&id).map_err(reject)?;
+    if info.enabled && info.metadata.as_ref().is_some_and(|m| !m.frontend) {
+        return Err(no_bundle());
+    }
+    let script = match state.host.bundle(&id).await {
+        Ok(script) => script,
+        Err(CallError::Plugin { code, .. }) if code == "not_found" => return Err(no_bundle()),
+        Err(e) => return Err(reject(e)),
+    };
+    let digest = Sha256::digest(script.as_bytes());
+    let etag: String = std::iter::once("\"".to_owned())
+        .chain(digest[..16].iter().map(|b| format!("{b:02x}")))
+        .chain(std::iter::once("\"".to_owned()))
+        .collect();
+    let fresh = if_none_match.is_some_and(|v| etag_matches(&v, &etag));
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = script.into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/javascript; charset=utf-8"),
+        );
+        r
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak or strong) or is `*`.
+pub(crate) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == etag)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogParams {
+    #[serde(default)]
+    page: u32,
+    #[serde(default = "default_log_page_size")]
+    page_size: u32,
+    level: Option<Level>,
+}
+
+fn default_log_page_size() -> u32 {
+    LogQuery::DEFAULT_PAGE_SIZE
+}
+
+#[derive(Serialize)]
+struct LogPageJson {
+    entries: Vec<LogEntry>,
+    page: u32,
+    page_size: u32,
+    has_more: bool,
+}
+
+async fn logs(id: String, params: LogParams, state: State) -> Result<Response, Rejection> {
+    state.host.get(&id).map_err(reject)?;
+    let query = LogQuery {
+        page: params.page,
+        page_size: params.page_size,
+        min_level: params.level,
+    };
+    let page = state.host.logs(&id, &query).await.map_err(|e| {
+        tracing::error!(plugin.id = %id, error = %e, "cannot read plugin logs");
+        ApiError::internal().reject()
+    })?;
+    Ok(json(&LogPageJson {
+        entries: page.entries,
+        page: page.page,
+        page_size: page.page_size,
+        has_more: page.has_more,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventParams {
+    #[serde(default)]
+    page: u32,
+    #[serde(default)]
+    page_size: u32,
+}
+
+async fn plugin_events(
+    id: String,
+    params: EventParams,
+    state: State,
+) -> Result<Response, Rejection> {
+    state.host.get(&id).map_err(reject)?;
+    let query = EventQuery {
+        plugin_id: Some(id.clone()),
+        page: params.page,
+        page_size: params.page_size,
+    };
+    let events = state.host.events(&query).await.map_err(|e| {
+        tracing::error!(plugin.id = %id, error = %e, "cannot read plugin events");
+        ApiError::internal().reject()
+    })?;
+    Ok(json(&json!({ "events": events })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags_match() {
+        let tag = "\"abc\"";
+        assert!(etag_matches("\"abc\"", tag));
+        assert!(etag_matches("W/\"abc\"", tag));
+        assert!(etag_matches("\"x\", \"abc\"", tag));
+        assert!(etag_matches("*", tag));
+        assert!(!etag_matches("\"abcd\"", tag));
+    }
+}

@@ -1,0 +1,294 @@
+//! Every error a client sees: a status and `{"error": {"code", "message"}}`, with the details
+//! in the server's log and never in the response.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use serde_json::json;
+use toru_host::{CallError, ManageError};
+use warp::Rejection;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+/// A failed request, as the client will see it.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "log in, or send the admin secret as a bearer token",
+        )
+    }
+
+    pub(crate) fn too_many_attempts(wait: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "too many failed attempts; try again later",
+        )
+        .with_retry_after(wait)
+    }
+
+    pub(crate) fn too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn unknown_plugin(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_plugin",
+            format!("there is no plugin {id:?}"),
+        )
+    }
+
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server could not do that; its log says why",
+        )
+    }
+
+    pub(crate) fn reject(self) -> Rejection {
+        warp::reject::custom(self)
+    }
+
+    pub(crate) fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = warp::Reply::into_response(warp::reply::with_status(
+            warp::reply::json(&body),
+            self.status,
+        ));
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up, at least one.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        use StatusCode as S;
+        let error = match &e {
+            CallError::UnknownPlugin(_) => {
+                Self::new(S::NOT_FOUND, "unknown_plugin", "there is no such plugin")
+            }
+            CallError::Disabled(id) => Self::new(
+                S::NOT_FOUND,
+                "plugin_disabled",
+                format!("plugin {id:?} is disabled"),
+            ),
+            CallError::NotRunning {
+                id,
+                state,
+                retry_after,
+            } => Self::new(
+                S::SERVICE_UNAVAILABLE,
+                "plugin_unavailable",
+                format!("plugin {id:?} is not running now ({})", state.name()),
+            )
+            .with_retry_after(retry_after.unwrap_or(Duration::from_secs(1))),
+            CallError::Timeout { id, .. } => Self::new(
+                S::GATEWAY_TIMEOUT,
+                "plugin_timeout",
+                format!("plugin {id:?} did not answer in time"),
+            ),
+            CallError::Plugin { id, .. } => Self::new(
+                S::BAD_GATEWAY,
+                "plugin_error",
+                format!("plugin {id:?} could not handle the request"),
+            ),
+            CallError::ConnectionLost(id) => Self::new(
+                S::BAD_GATEWAY,
+                "plugin_connection_lost",
+                format!("plugin {id:?} went away before answering"),
+            ),
+            CallError::TooLarge { .. } => Self::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request is too large to forward",
+            ),
+            CallError::ShuttingDown => shutting_down(),
+            _ => Self::internal(),
+        };
+        if error.status.is_server_error() {
+            tracing::warn!(error = %e, "plugin call failed");
+        } else {
+            tracing::debug!(error = %e, "plugin call refused");
+        }
+        error
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        match &e {
+            ManageError::UnknownPlugin(id) => Self::unknown_plugin(id),
+            ManageError::NotLoadable { id, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "not_loadable",
+                format!("plugin {id:?} failed to load; its details say why"),
+            ),
+            ManageError::ShuttingDown => shutting_down(),
+            _ => {
+                tracing::error!(error = %e, "managing a plugin failed");
+                Self::internal()
+            }
+        }
+    }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+        "the server is shutting down",
+    )
+    .with_retry_after(Duration::from_secs(1))
+}
+
+/// The one place rejections become responses.
+pub(crate) async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    Ok(from_rejection(&rejection).into_response())
+}
+
+/// Answers this server's own errors at once, passing every other rejection on (so that a route
+/// that matched can fail without the next route's rejection hiding its error).
+pub(crate) async fn settle(rejection: Rejection) -> Result<Response, Rejection> {
+    match rejection.find::<ApiError>() {
+        Some(_) => Ok(from_rejection(&rejection).into_response()),
+        None => Err(rejection),
+    }
+}
+
+fn from_rejection(rejection: &Rejection) -> ApiError {
+    use StatusCode as S;
+    use warp::reject as r;
+    if let Some(e) = rejection.find::<ApiError>() {
+        return ApiError {
+            status: e.status,
+            code: e.code,
+            message: e.message.clone(),
+            retry_after: e.retry_after,
+        };
+    }
+    if rejection.is_not_found() {
+        ApiError::new(S::NOT_FOUND, "not_found", "there is nothing here")
+    } else if rejection.find::<r::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            S::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed here",
+        )
+    } else if rejection.find::<r::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            S::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the body is too large",
+        )
+    } else if rejection.find::<r::InvalidQuery>().is_some() {
+        ApiError::bad_request("the query string is not valid here")
+    } else if rejection
+        .find::<warp::filters::body::BodyDeserializeError>()
+        .is_some()
+    {
+        ApiError::bad_request("the body is not valid JSON of the expected shape")
+    } else if let Some(e) = rejection.find::<r::InvalidHeader>() {
+        ApiError::bad_request(format!("header {} is not valid", e.name()))
+    } else if let Some(e) = rejection.find::<r::MissingHeader>() {
+        ApiError::bad_request(format!("header {} is missing", e.name()))
+    } else if rejection.find::<r::UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            S::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "this content type is not supported here",
+        )
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        ApiError::internal()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        let r = ApiError::unauthorized()
+            .with_retry_after(Duration::from_millis(1500))
+            .into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        let r = ApiError::unauthorized()
+            .with_retry_after(Duration::ZERO)
+            .into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn call_errors_map_to_statuses_without_internals() {
+        let cases = [
+            (CallError::Disabled("a".into()), 404),
+            (
+                CallError::Timeout {
+                    id: "a".into(),
+                    after: Duration::from_secs(1),
+                },
+                504,
+            ),
+            (
+                CallError::Plugin {
+                    id: "a".into(),
+                    code: "x".into(),
+                    message: "secret internals".into(),
+                },
+                502,
+            ),
+            (CallError::ConnectionLost("a".into()), 502),
+            (CallError::TooLarge { len: 2, max: 1 }, 413),
+            (CallError::ShuttingDown, 503),
+        ];
+        for (e, status) in cases {
+            let api = ApiError::from(e);
+            assert_eq!(api.status.as_u16(), status, "{api:?}");
+            assert!(!api.message.contains("internals"));
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Running the server: bind, start the plugin host, serve until SIGINT or SIGTERM, then drain
+//! requests in flight and stop every plugin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use toru_host::PluginHost;
+
+use crate::auth::Auth;
+use crate::cli::ServerArgs;
+use crate::routes::{self, AppState};
+use crate::secret::{self, SecretSource};
+
+/// What the demo changes about a normal start.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// Plugins enabled once the host has started.
+    pub(crate) enable: Vec<String>,
+    /// Make (and print) a new admin secret even when one is stored.
+    pub(crate) fresh_secret: bool,
+}
+
+pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<()> {
+    // Bind first: a port in use is reported before any plugin starts.
+    let listener = TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
+
+    let host = host_builder(args)
+        .start()
+        .await
+        .context("cannot start the plugin host")?;
+    let started = async {
+        for id in &extras.enable {
+            host.enable(id)
+                .await
+                .with_context(|| format!("cannot enable plugin {id}"))?;
+        }
+        secret::load_or_create(host.store(), extras.fresh_secret).await
+    }
+    .await;
+    let admin = match started {
+        Ok(admin) => admin,
+        Err(e) => {
+            host.shutdown().await;
+            return Err(e);
+        }
+    };
+
+    let state = Arc::new(AppState {
+        host: host.clone(),
+        auth: Auth::new(admin.hash),
+        max_body_bytes: args.max_body_bytes,
+        secure_cookies: args.secure_cookies,
+        shutdown: shutdown.clone(),
+    });
+    let routes = routes::routes(Arc::clone(&state));
+    crate::metrics::spawn_upkeep(shutdown.clone());
+    announce(addr, admin.new_secret.as_deref(), admin.source);
+    tracing::info!(%addr, plugins = host.list().len(), "toru-server listening");
+
+    let server = warp::serve(routes)
+        .incoming(listener)
+        .graceful(shutdown.clone().cancelled_owned())
+        .run();
+    let drain = args.drain_timeout;
+    tokio::select! {
+        () = server => {}
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain).await;
+        } => tracing::warn!(timeout = ?drain, "requests still in flight after the drain timeout are cancelled"),
+    }
+    tracing::info!("stopping every plugin");
+    host.shutdown().await;
+    tracing::info!("toru-server stopped");
+    Ok(())
+}
+
+pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
+    let mut builder = PluginHost::builder();
+    builder
+        .plugin_dir(&args.plugins_dir)
+        .data_dir(&args.data_dir)
+        .request_timeout(args.request_timeout)
+        .start_timeout(args.start_timeout)
+        .stop_grace(args.stop_grace);
+    if let Some(dir) = &args.log_dir {
+        builder.log_dir(dir);
+    }
+    builder
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// The start-up lines on stdout: the URL, and the admin secret when it was just made (the only
+/// time it is ever shown).
+fn announce(addr: SocketAddr, new_secret: Option<&str>, source: SecretSource) {
+    let open = if addr.ip().is_unspecified() {
+        format!("http://localhost:{}/", addr.port())
+    } else {
+        format!("http://{addr}/")
+    };
+    println!("toru-server listening on http://{addr}");
+    match (new_secret, source) {
+        (Some(secret), _) => {
+            println!("admin secret (shown only now; keep it): {secret}");
+        }
+        (None, SecretSource::Env) => {
+            println!("admin secret: the value of {}", secret::ENV_SECRET);
+        }
+        (None, _) => println!(
+            "admin secret: the one shown on first start (`toru-server reset-admin-secret` makes a new one)"
+        ),
+    }
+    println!("open {open} and log in with the admin secret");
+}

@@ -1,0 +1,297 @@
+//! The web UI end to end: a real `toru-server` with the two example plugins, driven through
+//! Debian's headless `chromium` and `chromedriver` with thirtyfour.
+//!
+//! The tests install `chromium chromium-driver` with apt-get when `/usr/bin/chromedriver` is
+//! missing (they run as root in CI). They write screenshots of the main screens into
+//! `docs/images/` (or `$TORU_SCREENSHOT_DIR`). They never sleep: every wait is a thirtyfour query
+//! or a condition checked in the page, each with a deadline and a message saying what was
+//! expected.
+
+#[path = "browser/page.rs"]
+mod page;
+#[path = "browser/server.rs"]
+mod server;
+
+use page::with_browser;
+use server::Server;
+
+/// One browser at a time: the machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The login page: a wrong secret is refused with a clear message, the right one opens the
+/// dashboard (which works on a narrow screen too), and logging out ends the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_narrow_screen_and_logout() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.goto("/login").await;
+        b.shot("login.png").await;
+        b.type_into("#secret", "not-the-secret").await;
+        b.click("#login-submit").await;
+        b.wait_text("#login-error", "not the admin secret").await;
+        assert!(b.js("return location.pathname").await == "/login");
+
+        b.login().await;
+
+        // A narrow screen: the sidebar is a drawer behind the menu button.
+        b.size_viewport(480, 800).await;
+        b.wait("#sidebar-toggle", "the menu button").await;
+        b.wait_js(
+            "the sidebar to be off screen on a narrow screen",
+            "return document.getElementById('sidebar').getBoundingClientRect().right <= 0",
+        )
+        .await;
+        b.click("#sidebar-toggle").await;
+        b.wait(
+            "body.sidebar-open #sidebar-plugin-list [data-plugin-id='hello-rust']",
+            "the drawer",
+        )
+        .await;
+        b.wait_js(
+            "the drawer to slide in",
+            "return document.getElementById('sidebar').getBoundingClientRect().left === 0",
+        )
+        .await;
+        b.shot("narrow-sidebar.png").await;
+        b.click("#sidebar-plugin-list [data-plugin-id='hello-rust']")
+            .await;
+        b.wait(
+            "body:not(.sidebar-open) #plugin-view[data-status='mounted']",
+            "the view, drawer closed",
+        )
+        .await;
+        b.size_viewport(1280, 800).await;
+
+        b.click("#logout").await;
+        b.wait("#login-form", "the login page after logging out")
+            .await;
+        let session = b.fetch_json("GET", "/api/session").await;
+        assert_eq!(session["body"]["authenticated"], false, "{session}");
+    })
+    .await;
+}
+
+/// The Plugin Manager and the sidebar: both plugins green, the details panel, disabling (toast,
+/// gone from the sidebar, routes 404) and enabling again, a plugin view counting in KV, unmount
+/// on the way out, and the logs modal paged through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manager_sidebar_plugin_view_and_logs() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.login().await;
+        for id in ["hello-rust", "hello-python"] {
+            b.wait(&sidebar_dot(id, "green"), &format!("{id} in the sidebar with a green dot"))
+                .await;
+        }
+        b.wait(".plugin-card[data-plugin-id='hello-python'][data-state='running']", "cards")
+            .await;
+        b.shot("plugin-manager.png").await;
+
+        // Details panel.
+        b.click(".plugin-card[data-plugin-id='hello-rust'] .card-desc").await;
+        b.wait("#details-panel[data-plugin-id='hello-rust']", "the details panel").await;
+        b.wait_text("#details-panel [data-field='author']", "Toru").await;
+        b.wait_text("#details-panel [data-field='route']", "/plugins/hello-rust/").await;
+        b.wait("#details-events[data-loading='false'] .event-item", "recent events").await;
+        b.clear_toasts().await;
+        b.shot("plugin-details.png").await;
+        b.click("#details-close").await;
+        b.wait_gone("#details-panel", "the details panel to close").await;
+
+        // Disable from the manager: toast, gone from the sidebar, routes answer 404.
+        b.click(".plugin-card[data-plugin-id='hello-python'] .switch").await;
+        b.wait_text("#toast", "Hello (Python) disabled").await;
+        b.wait_gone(
+            "#sidebar-plugin-list [data-plugin-id='hello-python']",
+            "hello-python to leave the sidebar",
+        )
+        .await;
+        b.wait(".plugin-card[data-plugin-id='hello-python'][data-enabled='false']", "card off")
+            .await;
+        let route = b.fetch_json("GET", "/plugins/hello-python/").await;
+        assert_eq!(route["status"], 404, "a disabled plugin's route: {route}");
+
+        // And enable it again.
+        b.click(".plugin-card[data-plugin-id='hello-python'] .switch").await;
+        b.wait_text("#toast", "Hello (Python) enabled").await;
+        b.wait(&sidebar_dot("hello-python", "green"), "hello-python back, green").await;
+
+        // A plugin view: the counter goes through the server and the plugin to KV and back.
+        b.click("#sidebar-plugin-list [data-plugin-id='hello-rust']").await;
+        b.wait("#plugin-view[data-status='mounted']", "hello-rust's view mounted").await;
+        b.wait_text("#hello-rust-greeting", "Hello from Rust!").await;
+        b.click("#hello-rust-increment").await;
+        b.wait_text("#hello-rust-count", "1").await;
+        b.wait("#hello-rust-increment:not([disabled])", "the button ready again").await;
+        b.clear_toasts().await;
+        b.click("#hello-rust-increment").await;
+        b.wait_text("#hello-rust-count", "2").await;
+        b.wait_text("#toast", "Count is now 2").await;
+        b.shot("plugin-view.png").await;
+
+        // Navigating away unmounts the bundle.
+        b.click("#nav-plugins").await;
+        b.wait("#manager", "the Plugin Manager").await;
+        let unmounted = b.js("return window.__toruUnmounted ?? null").await;
+        assert_eq!(unmounted, "hello-rust", "unmount(container) ran");
+        b.wait_gone("#plugin-container", "the plugin container removed").await;
+
+        // The logs modal, paged. Each count logs a line; make sure there are a few pages.
+        for _ in 0..12 {
+            let r = b.fetch_json("POST", "/plugins/hello-rust/count").await;
+            assert_eq!(r["status"], 200, "{r}");
+        }
+        b.click(".plugin-card[data-plugin-id='hello-rust'] [data-action='logs']").await;
+        b.wait("#logs-modal[data-loading='false'] .log-row", "log entries").await;
+        b.select("#logs-page-size", "10").await;
+        b.wait_count("#logs-modal[data-page='0'][data-loading='false'] .log-row", 10).await;
+        let first_page = b.texts("#logs-entries .log-row").await;
+        b.clear_toasts().await;
+        b.shot("logs-modal.png").await;
+        b.click("#logs-next").await;
+        b.wait("#logs-modal[data-page='1'][data-loading='false'] .log-row", "page 2").await;
+        let second_page = b.texts("#logs-entries .log-row").await;
+        assert_ne!(first_page, second_page, "page 2 shows other entries");
+        b.click("#logs-prev").await;
+        b.wait_count("#logs-modal[data-page='0'][data-loading='false'] .log-row", 10).await;
+        assert_eq!(b.texts("#logs-entries .log-row").await[0], first_page[0]);
+        b.wait(
+            "#logs-modal[data-loading='false'] .log-row[data-level='info'] .log-message",
+            "info lines",
+        )
+        .await;
+        b.select("#logs-level", "warn").await;
+        b.wait("#logs-modal[data-page='0'][data-loading='false']", "the filtered page").await;
+        let levels = b
+            .js("return [...document.querySelectorAll('#logs-entries .log-row')].map(r => r.dataset.level)")
+            .await;
+        let levels = levels.as_array().expect("an array of levels");
+        assert!(
+            levels.iter().all(|l| l == "warn" || l == "error"),
+            "warn and above only: {levels:?}"
+        );
+        b.click("#logs-close").await;
+        b.wait_gone("#logs-modal", "the logs modal to close").await;
+    })
+    .await;
+}
+
+/// A plugin killed from outside: its dot turns red, the open view shows the error card with
+/// the plugin's logs, and Retry brings the page back once the plugin has restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plugin_shows_red_and_an_error_card() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.login().await;
+        b.click("#sidebar-plugin-list [data-plugin-id='hello-python']").await;
+        b.wait("#plugin-view[data-status='mounted'] #hello-python-increment", "the view").await;
+
+        // The red state may last only the restart delay: record it as it happens.
+        b.js(r##"
+            window.__sawRed = false;
+            const red = "#sidebar-plugin-list [data-plugin-id='hello-python'] .dot[data-health='red']";
+            new MutationObserver(() => {
+                if (document.querySelector(red)) window.__sawRed = true;
+            }).observe(document.getElementById("sidebar"), { subtree: true, childList: true, attributes: true });
+            return null;
+        "##)
+        .await;
+        let info = b.fetch_json("GET", "/api/plugins/hello-python").await;
+        let pid = info["body"]["pid"].as_i64().expect("hello-python has a pid") as i32;
+        let pid = rustix::process::Pid::from_raw(pid).expect("a positive pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("SIGKILL");
+
+        b.wait(".error-card[data-reason='crashed']", "the crashed error card").await;
+        b.wait(".error-card .error-logs[data-loading='false'] .log-row", "its recent logs").await;
+        b.wait_js("the sidebar dot to turn red", "return window.__sawRed === true").await;
+        b.shot("error-card.png").await;
+
+        // Once the plugin runs again, Retry mounts its page again.
+        b.wait(&sidebar_dot("hello-python", "green"), "hello-python restarted").await;
+        b.click(".error-card [data-action='retry']").await;
+        b.wait("#plugin-view[data-status='mounted'] #hello-python-increment", "the view back")
+            .await;
+    })
+    .await;
+}
+
+/// The plugin view says which thing failed: a bundle without `mount`, a `mount` that throws,
+/// an unknown plugin, a disabled one (with an Enable button that brings the page back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_view_says_what_went_wrong() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start_with(&[
+        ("no-mount", "export const notMount = 1;"),
+        (
+            "throws",
+            "export function mount() { throw new Error('boom in mount'); }",
+        ),
+    ]);
+    with_browser(&server, async |b| {
+        b.login().await;
+        b.wait(&sidebar_dot("no-mount", "green"), "no-mount running")
+            .await;
+        b.wait(&sidebar_dot("throws", "green"), "throws running")
+            .await;
+
+        b.click("#sidebar-plugin-list [data-plugin-id='no-mount']")
+            .await;
+        b.wait(".error-card[data-reason='no-mount']", "the no-mount card")
+            .await;
+        b.wait_text(".error-card[data-reason='no-mount']", "notMount")
+            .await;
+        b.wait(".error-card [data-action='retry']", "a Retry button")
+            .await;
+
+        b.click("#sidebar-plugin-list [data-plugin-id='throws']")
+            .await;
+        b.wait(
+            ".error-card[data-reason='mount-threw']",
+            "the mount-threw card",
+        )
+        .await;
+        b.wait_text(".error-card[data-reason='mount-threw']", "boom in mount")
+            .await;
+        b.wait(".error-card .error-logs[data-loading='false']", "its logs")
+            .await;
+
+        b.goto("/#/plugin/no-such-plugin").await;
+        b.wait(
+            ".error-card[data-reason='unknown']",
+            "the unknown-plugin card",
+        )
+        .await;
+
+        b.goto("/#/plugin/hello-python").await;
+        b.wait(
+            "#plugin-view[data-status='mounted'] #hello-python-increment",
+            "the view",
+        )
+        .await;
+        let off = b
+            .fetch_json("POST", "/api/plugins/hello-python/disable")
+            .await;
+        assert_eq!(off["status"], 200, "{off}");
+        b.wait(".error-card[data-reason='disabled']", "the disabled card")
+            .await;
+        assert_eq!(
+            b.js("return window.__toruUnmounted ?? null").await,
+            "hello-python"
+        );
+        b.click(".error-card [data-action='enable']").await;
+        b.wait_text("#toast", "Hello (Python) enabled").await;
+        b.wait(
+            "#plugin-view[data-status='mounted'] #hello-python-increment",
+            "the view back",
+        )
+        .await;
+    })
+    .await;
+}
+
+fn sidebar_dot(id: &str, health: &str) -> String {
+    format!("#sidebar-plugin-list [data-plugin-id='{id}'] .dot[data-health='{health}']")
+}

@@ -1,0 +1,200 @@
+//! The server under test: a real `toru-server` in a temp dir with the example plugins.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+
+/// The admin secret the server is started with.
+pub(crate) const SECRET: &str = "browser-test-secret-4f1c9a";
+/// The longest any one thing may take (a page element, a line of output).
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
+
+/// A `toru-server` in a temp dir with both example plugins installed and enabled.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) url: String,
+    _dir: TempDir,
+}
+
+impl Server {
+    pub(crate) fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Also installs, for each `(id, bundle)`, a copy of the Python example with that id and
+    /// that frontend bundle.
+    pub(crate) fn start_with(variants: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(plugins.join(".metadata")).unwrap();
+        install(&rust_plugin(), &plugins.join("hello-plugin-rust.binary"));
+        let python = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello-plugin-python/hello-plugin-python.binary");
+        install(&python, &plugins.join("hello-plugin-python.binary"));
+        let mut enabled = serde_json::Map::new();
+        for id in ["hello-rust", "hello-python"] {
+            enabled.insert(id.into(), json!({"enabled": true}));
+        }
+        for (id, bundle) in variants {
+            let file = plugins.join(format!("{id}.binary"));
+            std::fs::write(&file, python_variant(&python, id, bundle)).unwrap();
+            install(&file, &file);
+            enabled.insert((*id).into(), json!({"enabled": true}));
+        }
+        let config = json!({"version": 1, "plugins": enabled});
+        std::fs::write(plugins.join(".metadata/config.json"), config.to_string()).unwrap();
+
+        let mut child = Command::new(env!("CARGO_BIN_EXE_toru-server"))
+            .arg("--bind=127.0.0.1:0")
+            .arg("--plugins-dir")
+            .arg(&plugins)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--log-dir")
+            .arg(dir.path().join("logs"))
+            .env("TORU_ADMIN_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("toru-server starts");
+        forward("server", child.stderr.take().unwrap());
+        let lines = lines("server", child.stdout.take().unwrap());
+        let url = wait_line(&lines, "toru-server to print its address", |line| {
+            let addr = line.strip_prefix("toru-server listening on ")?;
+            Some(addr.trim().trim_end_matches('/').to_owned())
+        });
+        Server {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: the server stops every plugin before it exits.
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// The Rust example plugin, next to `toru-server` (e.g. `target/debug/`); built there first
+/// when it is missing (`cargo test -p toru-server` alone does not build it).
+fn rust_plugin() -> PathBuf {
+    static BUILT: Mutex<()> = Mutex::new(());
+    let server = Path::new(env!("CARGO_BIN_EXE_toru-server"));
+    let bin = server.with_file_name(format!("hello-plugin-rust{}", std::env::consts::EXE_SUFFIX));
+    let _once = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !bin.exists() {
+        let dir = server.parent().expect("a target folder");
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let target_dir = dir.parent().expect("a target folder");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        eprintln!(
+            "browser tests: building hello-plugin-rust ({profile}) into {}",
+            target_dir.display()
+        );
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "hello-plugin-rust",
+                "--profile",
+                profile,
+                "--target-dir",
+            ])
+            .arg(target_dir)
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "cargo build -p hello-plugin-rust failed: {status}"
+        );
+    }
+    assert!(bin.exists(), "{} is missing after the build", bin.display());
+    bin
+}
+
+/// The Python example's source with another id, route, name and frontend bundle.
+fn python_variant(example: &Path, id: &str, bundle: &str) -> String {
+    let source = std::fs::read_to_string(example).unwrap();
+    let (head, rest) = source
+        .split_once("BUNDLE = r\"\"\"")
+        .expect("the example's BUNDLE");
+    let (_, tail) = rest.split_once("\"\"\"").expect("the end of BUNDLE");
+    let head = head
+        .replace(
+            r#"PLUGIN_ID = "hello-python""#,
+            &format!("PLUGIN_ID = {id:?}"),
+        )
+        .replace(r#"ROUTE = "/hello-python""#, &format!("ROUTE = \"/{id}\""))
+        .replace(
+            r#""name": "Hello (Python)""#,
+            &format!(r#""name": "Test {id}""#),
+        );
+    assert!(
+        head.contains(&format!("PLUGIN_ID = {id:?}")),
+        "the example's PLUGIN_ID line moved"
+    );
+    format!("{head}BUNDLE = r\"\"\"{bundle}\"\"\"{tail}")
+}
+
+fn install(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if from != to {
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("cannot copy {}: {e}", from.display()));
+    }
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Sends each line of `stream` to the returned channel, echoing it to the test's output.
+pub(crate) fn lines(
+    name: &'static str,
+    stream: impl Read + Send + 'static,
+) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            eprintln!("[{name}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+pub(crate) fn forward(name: &'static str, stream: impl Read + Send + 'static) {
+    let rx = lines(name, stream);
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+}
+
+pub(crate) fn wait_line<T>(
+    rx: &mpsc::Receiver<String>,
+    what: &str,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(found) = pick(&line) {
+                    return found;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("timed out waiting for {what}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("output ended before {what}"),
+        }
+    }
+}

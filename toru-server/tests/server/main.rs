@@ -1,0 +1,10 @@
+//! toru-server end to end: a real server process on 127.0.0.1:0 with real plugins (both
+//! examples, and `toru-test-plugin` for plugins that hang, crash or fail), driven over HTTP.
+
+mod api;
+mod auth;
+mod check;
+mod errors;
+mod lifecycle;
+mod routes;
+mod util;
