@@ -145,7 +145,8 @@ impl Connection {
     }
 
     fn encode(&self, message: &Message<'_>) -> Result<Bytes, CallFailure> {
-        let mut buf = BytesMut::new();
+        // Most messages are a few hundred bytes; start there rather than growing from nothing.
+        let mut buf = BytesMut::with_capacity(512);
         let mut codec = self.inner.codec;
         match codec.encode(message, &mut buf) {
             Ok(()) => Ok(buf.freeze()),

@@ -339,6 +339,21 @@ impl PluginHost {
     /// [`CallError::Plugin`] with code `not_found`.
     pub async fn bundle(&self, id: &str) -> Result<String, CallError> {
         let conn = self.connection(id)?;
+        let has_frontend = self
+            .shared
+            .registry()
+            .plugins
+            .get(id)
+            .and_then(|e| e.metadata().map(|m| m.frontend))
+            .unwrap_or(false);
+        if !has_frontend {
+            // Its metadata says there is none: no need to ask (and wait on) the plugin.
+            return Err(CallError::Plugin {
+                id: id.to_owned(),
+                code: error_code::NOT_FOUND.into(),
+                message: "the plugin has no frontend bundle".into(),
+            });
+        }
         match conn
             .call(Payload::GetBundle, self.shared.settings.request_timeout)
             .await

@@ -52,7 +52,7 @@ impl Default for LogQuery {
 }
 
 /// One page of a plugin's log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LogPage {
     /// The entries, newest first.
     pub entries: Vec<LogEntry>,
