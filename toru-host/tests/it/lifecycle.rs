@@ -25,46 +25,55 @@ async fn both_examples_start_and_serve() {
 }
 
 #[tokio::test]
-async fn disable_stops_the_process_and_enable_starts_it_again() {
+async fn disable_stops_the_rust_example_and_enable_starts_it_again() {
+    let env = Env::new();
+    env.install_rust_example();
+    disable_and_enable(&env, "hello-rust").await;
+}
+
+#[tokio::test]
+async fn disable_stops_the_python_example_and_enable_starts_it_again() {
     let env = Env::new();
     env.install_python_example();
+    disable_and_enable(&env, "hello-python").await;
+}
+
+async fn disable_and_enable(env: &Env, id: &str) {
+    let route = format!("/{id}/");
     let host = env.start().await;
     let mut rx = host.subscribe();
-    if !host.get("hello-python").unwrap().state.serves() {
-        wait_event(&mut rx, "hello-python", EventKind::Started).await;
+    if !host.get(id).unwrap().state.serves() {
+        wait_event(&mut rx, id, EventKind::Started).await;
     }
-    let pid = pid_of(&host, "hello-python");
+    let pid = pid_of(&host, id);
 
-    let info = host.disable("hello-python").await.unwrap();
+    let info = host.disable(id).await.unwrap();
     assert_eq!(info.state, PluginState::Disabled);
     assert!(!info.enabled);
     assert!(
         !alive(pid),
         "disabled plugin's process {pid} is still there"
     );
-    let kinds = kinds_until(&mut rx, "hello-python", EventKind::Disabled).await;
+    let kinds = kinds_until(&mut rx, id, EventKind::Disabled).await;
     assert_eq!(kinds, [EventKind::Stopped, EventKind::Disabled]);
     let err = host
-        .request("hello-python", &PluginRequest::get("/hello-python/"))
+        .request(id, &PluginRequest::get(&route))
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::Disabled(_)), "{err}");
 
-    host.enable("hello-python").await.unwrap();
-    wait_event(&mut rx, "hello-python", EventKind::Started).await;
-    let resp = host
-        .request("hello-python", &PluginRequest::get("/hello-python/"))
-        .await
-        .unwrap();
+    host.enable(id).await.unwrap();
+    wait_event(&mut rx, id, EventKind::Started).await;
+    let resp = host.request(id, &PluginRequest::get(&route)).await.unwrap();
     assert_eq!(resp.status, 200);
     // Enabling a running plugin changes nothing.
-    let pid = pid_of(&host, "hello-python");
-    host.enable("hello-python").await.unwrap();
-    assert_eq!(pid_of(&host, "hello-python"), pid);
+    let pid = pid_of(&host, id);
+    host.enable(id).await.unwrap();
+    assert_eq!(pid_of(&host, id), pid);
 
     let events = host
         .events(&EventQuery {
-            plugin_id: Some("hello-python".into()),
+            plugin_id: Some(id.into()),
             page: 0,
             page_size: 50,
         })
