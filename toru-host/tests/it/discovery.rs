@@ -159,9 +159,6 @@ async fn a_relative_plugins_folder_works() {
     let mut b = env.builder();
     b.plugin_dir(&relative);
     let host = b.start().await.unwrap();
-    let mut rx = host.subscribe();
-    if !host.get("rel").unwrap().state.serves() {
-        wait_event(&mut rx, "rel", EventKind::Started).await;
-    }
+    serving(&host, &["rel"]).await;
     host.shutdown().await;
 }

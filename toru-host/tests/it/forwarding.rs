@@ -3,20 +3,9 @@
 use std::time::Duration;
 
 use toru_host::events::EventKind;
-use toru_host::{CallError, PluginHost, PluginRequest, PluginState};
+use toru_host::{CallError, PluginRequest, PluginState};
 
 use crate::util::*;
-
-async fn started(env: &Env, ids: &[&str]) -> PluginHost {
-    let host = env.start().await;
-    let mut rx = host.subscribe();
-    for id in ids {
-        if !host.get(id).unwrap().state.serves() {
-            wait_event(&mut rx, id, EventKind::Started).await;
-        }
-    }
-    host
-}
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
@@ -107,10 +96,7 @@ async fn a_plugin_error_and_a_timeout_are_told_apart_and_the_timeout_cancels() {
     let mut b = env.builder();
     b.request_timeout(Duration::from_millis(300));
     let host = b.start().await.unwrap();
-    let mut rx = host.subscribe();
-    if !host.get("t").unwrap().state.serves() {
-        wait_event(&mut rx, "t", EventKind::Started).await;
-    }
+    serving(&host, &["t"]).await;
     let err = host
         .request("t", &PluginRequest::get("/t/error"))
         .await

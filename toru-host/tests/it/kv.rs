@@ -62,10 +62,7 @@ async fn concurrent_counts_are_all_distinct() {
     let env = Env::new();
     env.install_python_example();
     let host = env.start().await;
-    let mut rx = host.subscribe();
-    if !host.get("hello-python").unwrap().state.serves() {
-        wait_event(&mut rx, "hello-python", EventKind::Started).await;
-    }
+    serving(&host, &["hello-python"]).await;
     let counts = futures_util::future::join_all(
         (0..50).map(|_| count(&host, "hello-python", "/hello-python")),
     )

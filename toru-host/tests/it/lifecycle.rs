@@ -108,10 +108,7 @@ async fn enabled_state_survives_a_restart_and_only_enabled_plugins_start() {
     assert!(config.contains("\"drop\""), "{config}");
 
     let host = env.start().await;
-    let mut rx = host.subscribe();
-    if !host.get("keep").unwrap().state.serves() {
-        wait_event(&mut rx, "keep", EventKind::Started).await;
-    }
+    serving(&host, &["keep"]).await;
     let dropped = host.get("drop").unwrap();
     assert!(!dropped.enabled);
     assert_eq!(dropped.state, PluginState::Disabled);
@@ -124,14 +121,7 @@ async fn shutdown_leaves_no_plugin_process_or_grandchild() {
     let env = Env::new();
     env.install_test_plugin("spawn-child", "parent");
     env.install_python_example();
-    let host = env.start().await;
-    let mut rx = host.subscribe();
-    if !host.get("parent").unwrap().state.serves() {
-        wait_event(&mut rx, "parent", EventKind::Started).await;
-    }
-    if !host.get("hello-python").unwrap().state.serves() {
-        wait_event(&mut rx, "hello-python", EventKind::Started).await;
-    }
+    let host = started(&env, &["parent", "hello-python"]).await;
     let grandchild = grandchild_pid(&env, "parent");
     let pids = [
         pid_of(&host, "parent"),

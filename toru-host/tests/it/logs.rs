@@ -10,10 +10,7 @@ async fn plugin_output_and_protocol_logs_reach_its_file_and_the_query() {
     let env = Env::new();
     env.install_python_example();
     let host = env.start().await;
-    let mut rx = host.subscribe();
-    if !host.get("hello-python").unwrap().state.serves() {
-        wait_event(&mut rx, "hello-python", EventKind::Started).await;
-    }
+    serving(&host, &["hello-python"]).await;
     // `count` makes the plugin send a protocol `log` message.
     let resp = host
         .request(

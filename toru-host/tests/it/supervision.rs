@@ -19,10 +19,7 @@ async fn neighbour_serves(host: &PluginHost) {
 async fn start_with_neighbour(env: &Env, builder: toru_host::PluginHostBuilder) -> PluginHost {
     env.install_python_example();
     let host = builder.start().await.unwrap();
-    let mut rx = host.subscribe();
-    if !host.get("hello-python").unwrap().state.serves() {
-        wait_event(&mut rx, "hello-python", EventKind::Started).await;
-    }
+    serving(&host, &["hello-python"]).await;
     host
 }
 
@@ -32,9 +29,7 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
     env.install_test_plugin("serve", "p");
     let host = start_with_neighbour(&env, env.builder()).await;
     let mut rx = host.subscribe();
-    if !host.get("p").unwrap().state.serves() {
-        wait_event(&mut rx, "p", EventKind::Started).await;
-    }
+    serving(&host, &["p"]).await;
     // A panic in a handler, an exit(1), and a SIGKILL from outside.
     for (how, exit) in [
         ("panic", ExitStatus::Code(101)),

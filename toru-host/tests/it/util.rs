@@ -236,3 +236,21 @@ pub async fn wait_gone(pid: u32) {
         .unwrap_or_else(|_| panic!("process {pid} still runs"))
         .expect("pidfd readable");
 }
+
+/// Waits until every plugin in `ids` serves requests.
+pub async fn serving(host: &PluginHost, ids: &[&str]) {
+    // Subscribe first, then look: a start between the two is not missed.
+    let mut rx = host.subscribe();
+    for id in ids {
+        if !host.get(id).unwrap().state.serves() {
+            wait_event(&mut rx, id, EventKind::Started).await;
+        }
+    }
+}
+
+/// Starts a host on `env` and waits until every plugin in `ids` serves requests.
+pub async fn started(env: &Env, ids: &[&str]) -> PluginHost {
+    let host = env.start().await;
+    serving(&host, ids).await;
+    host
+}
