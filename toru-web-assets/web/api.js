@@ -71,6 +71,8 @@ export const api = {
   plugin: (id) => request(plugin(id)),
   enable: (id) => request(`${plugin(id)}/enable`, { method: "POST" }),
   disable: (id) => request(`${plugin(id)}/disable`, { method: "POST" }),
+  /** Stores license key `key` for plugin `id` (null removes it); the plugin restarts. */
+  setLicense: (id, key) => request(`${plugin(id)}/license`, { method: "PUT", body: { license_key: key ?? null } }),
   logs: (id, { page = 0, pageSize = 50, level = "" } = {}) => {
     const query = new URLSearchParams({ page: String(page), page_size: String(pageSize) });
     if (level) query.set("level", level);

@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { h, setText, pluginIcon } from "./dom.js";
 import { ago, countdown, duration, eventLabel, eventTone, exitText, fullTime, health, pluginName, stateLabel } from "./format.js";
 import { icon } from "./icons.js";
+import { licenseSection, licenseState, needsLicenseSection } from "./license.js";
 import { openLogs } from "./logs-modal.js";
 import { getPlugin, onPluginEvent, subscribe } from "./store.js";
 
@@ -13,22 +14,30 @@ import { getPlugin, onPluginEvent, subscribe } from "./store.js";
  */
 export function openDetails(host, id, { onToggle, onClose }) {
   const body = h("div", { class: "details-body" });
+  const facts = h("div", { class: "details-facts" });
+  // Between `body` and `facts`, which are rebuilt on every change: it is not, so that the key
+  // being typed survives those.
+  const license = licenseSection(id);
   const events = h("ol", { id: "details-events", class: "event-list", dataset: { loading: "true" } });
   const closeBtn = h("button", { id: "details-close", class: "icon-btn", type: "button", "aria-label": "Close details" }, icon("close"));
   const panel = h(
     "aside",
     { id: "details-panel", class: "details-panel", dataset: { pluginId: id }, "aria-label": "Plugin details", tabindex: "-1" },
-    h("div", { class: "details-scroll" }, body, h("h3", { class: "section-title" }, "Recent events"), events),
+    h("div", { class: "details-scroll" }, body, license.node, facts, h("h3", { class: "section-title" }, "Recent events"), events),
   );
   let closed = false;
 
   const render = () => {
     const plugin = getPlugin(id);
+    license.render(plugin);
     if (!plugin) {
       body.replaceChildren(h("div", { class: "details-head" }, h("h2", {}, id), closeBtn), h("p", { class: "muted" }, "This plugin is no longer installed."));
+      facts.replaceChildren();
       return;
     }
-    body.replaceChildren(...detailsContent(plugin, closeBtn, onToggle).filter(Boolean));
+    const content = detailsContent(plugin, closeBtn, onToggle);
+    body.replaceChildren(...content.head.filter(Boolean));
+    facts.replaceChildren(content.facts);
   };
 
   let eventsSeq = 0;
@@ -89,6 +98,7 @@ function uptimeText(plugin) {
   return duration(plugin.uptime_ms);
 }
 
+/** The panel's head (title, actions, errors) and its facts (the grid), built afresh. */
 function detailsContent(plugin, closeBtn, onToggle) {
   const m = plugin.metadata ?? {};
   const route = m.route ? `/plugins${m.route.startsWith("/") ? "" : "/"}${m.route.replace(/\/+$/, "")}/` : null;
@@ -124,8 +134,12 @@ function detailsContent(plugin, closeBtn, onToggle) {
     const wait = plugin.next_attempt_ms - Date.now();
     rows.splice(6, 0, ["Next start", wait > 0 ? `in ${countdown(wait)}` : "now", "next-attempt"]);
   }
-  const problem = plugin.load_error ?? plugin.reason ?? plugin.last_error;
-  return [
+  // A refused license key is shown, prominently, in the License section instead; once a key is
+  // accepted, an earlier refusal is history (the events list keeps it).
+  const license = needsLicenseSection(plugin) ? licenseState(plugin) : null;
+  const pastRefusal = license?.key === "licensed" && /licen[cs]e/i.test(plugin.last_error ?? "");
+  const problem = license?.reason || pastRefusal ? null : (plugin.load_error ?? plugin.reason ?? plugin.last_error);
+  const head = [
     h(
       "div",
       { class: "details-head" },
@@ -154,15 +168,16 @@ function detailsContent(plugin, closeBtn, onToggle) {
           h("pre", {}, problem),
         )
       : null,
-    h(
-      "dl",
-      { class: "details-grid" },
-      rows.map(([label, value, field, mono]) => [
-        h("dt", {}, label),
-        h("dd", { "data-field": field, class: mono ? "mono" : null }, value),
-      ]),
-    ),
   ];
+  const facts = h(
+    "dl",
+    { class: "details-grid" },
+    rows.map(([label, value, field, mono]) => [
+      h("dt", {}, label),
+      h("dd", { "data-field": field, class: mono ? "mono" : null }, value),
+    ]),
+  );
+  return { head, facts };
 }
 
 function eventItem(event) {

@@ -1,5 +1,5 @@
-//! The REST API under `/api` (behind authentication): plugins, their bundles, logs and events,
-//! and the instance.
+//! The REST API under `/api` (behind authentication): plugins, their license keys, bundles, logs
+//! and events, and the instance.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,7 +11,12 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::{ApiError, State, events, with_state};
+use super::{ApiError, State, body, events, with_state};
+
+/// The longest license key accepted, in characters.
+const MAX_LICENSE_KEY_CHARS: usize = 4096;
+/// The largest license body read (a key of the longest length, escaped, fits well).
+const LICENSE_BODY_LIMIT: u64 = 64 * 1024;
 
 pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
     let list = warp::path!("plugins")
@@ -48,6 +53,15 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
                 .map(|i| json(&i))
                 .map_err(reject)
         });
+    let license = warp::path!("plugins" / String / "license")
+        .and(warp::put())
+        .and(body::json::<serde_json::Map<String, serde_json::Value>>(
+            LICENSE_BODY_LIMIT.min(state.max_body_bytes),
+        ))
+        .and(with_state(state))
+        .and_then(set_license)
+        .recover(super::error::settle)
+        .unify();
     let bundle = warp::path!("plugins" / String / "bundle.js")
         .and(warp::get())
         .and(warp::header::optional::<String>("if-none-match"))
@@ -78,6 +92,8 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(disable)
         .unify()
+        .or(license)
+        .unify()
         .or(bundle)
         .unify()
         .or(logs)
@@ -97,6 +113,47 @@ fn json(value: &impl Serialize) -> Response {
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     e.into().reject()
+}
+
+/// `PUT /api/plugins/:id/license` with `{"license_key": "..."}` stores a key, and with `null` or
+/// a blank string removes it; the plugin is restarted, so that it checks the key at once.
+async fn set_license(
+    id: String,
+    body: serde_json::Map<String, serde_json::Value>,
+    state: State,
+) -> Result<Response, Rejection> {
+    use serde_json::Value;
+    let key = match (body.len(), body.get("license_key")) {
+        (1, Some(Value::String(key))) => Some(key.trim()).filter(|k| !k.is_empty()),
+        (1, Some(Value::Null)) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "the body must be {\"license_key\": \"...\"}, or null to remove the key",
+            )
+            .reject());
+        }
+    };
+    if let Some(key) = key {
+        let chars = key.chars().count();
+        if chars > MAX_LICENSE_KEY_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "the license key is {chars} characters long; the limit is {MAX_LICENSE_KEY_CHARS}"
+            ))
+            .reject());
+        }
+    }
+    // Checked first, so that a plugin that cannot run does not get a key stored for nothing.
+    let info = state.host.get(&id).map_err(reject)?;
+    if info.load_error.is_some() {
+        return Err(ApiError::not_loadable(&id).reject());
+    }
+    tracing::info!(plugin.id = %id, stored = key.is_some(), "setting the license key");
+    state
+        .host
+        .set_license_key(&id, key)
+        .await
+        .map(|i| json(&i))
+        .map_err(reject)
 }
 
 /// The plugin's JavaScript module, with an ETag; 304 when the client has it.

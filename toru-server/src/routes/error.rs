@@ -73,6 +73,14 @@ impl ApiError {
         )
     }
 
+    pub(crate) fn not_loadable(id: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "not_loadable",
+            format!("plugin {id:?} failed to load; its details say why"),
+        )
+    }
+
     pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,11 +168,7 @@ impl From<ManageError> for ApiError {
     fn from(e: ManageError) -> Self {
         match &e {
             ManageError::UnknownPlugin(id) => Self::unknown_plugin(id),
-            ManageError::NotLoadable { id, .. } => Self::new(
-                StatusCode::CONFLICT,
-                "not_loadable",
-                format!("plugin {id:?} failed to load; its details say why"),
-            ),
+            ManageError::NotLoadable { id, .. } => Self::not_loadable(id),
             ManageError::ShuttingDown => shutting_down(),
             _ => {
                 tracing::error!(error = %e, "managing a plugin failed");

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod check;
 mod errors;
+mod license;
 mod lifecycle;
 mod routes;
 mod util;
