@@ -1,0 +1,241 @@
+//! [`PluginHost`]: the cloneable handle an application (or `toru-server`) uses.
+
+mod calls;
+mod manage;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use toru_plugin_api::JsonCodec;
+use toru_plugin_api::protocol::now_millis;
+use uuid::Uuid;
+
+pub use crate::state::{PluginInfo, PluginState};
+
+use crate::builder::{PluginHostBuilder, create_dir};
+use crate::config::Config;
+use crate::error::{ManageError, StartError};
+use crate::events::{EventQuery, PluginEvent};
+use crate::logs::{LogError, LogPage, LogQuery, PluginLogs};
+use crate::shared::{Shared, stop_runner};
+use crate::state::Registry;
+use crate::store::{PluginKv, Store, StoreError};
+use manage::has_license_key;
+
+/// A running plugin host. Cheap to clone; every clone is the same host.
+///
+/// See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct PluginHost {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("instance_id", &self.shared.instance_id)
+            .field("plugin_dir", &self.shared.settings.plugin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginHost {
+    /// A builder with every setting at its default.
+    pub fn builder() -> PluginHostBuilder {
+        PluginHostBuilder::default()
+    }
+
+    pub(crate) async fn start(mut settings: PluginHostBuilder) -> Result<PluginHost, StartError> {
+        create_dir(&settings.plugin_dir)?;
+        // Plugins run with their folder as working directory, so a relative path would no
+        // longer name their file.
+        settings.plugin_dir =
+            settings
+                .plugin_dir
+                .canonicalize()
+                .map_err(|source| StartError::Dir {
+                    path: settings.plugin_dir.clone(),
+                    source,
+                })?;
+        create_dir(&settings.data_dir)?;
+        let config = Config::load(settings.config_path())?;
+        let store = Store::open(&settings.db_path(), settings.kv_limits)?;
+        let (log_dir, notice) =
+            PluginLogs::resolve_log_dir(settings.log_dir.as_deref(), &settings.data_dir);
+        if let Some(notice) = notice {
+            tracing::warn!(log_dir = %log_dir.display(), "{notice}");
+        }
+        let logs = PluginLogs::open(&log_dir, settings.log_config)?;
+        let socket_dir =
+            crate::process::socket_dir(settings.socket_dir.as_deref()).map_err(|source| {
+                StartError::Dir {
+                    path: settings
+                        .socket_dir
+                        .clone()
+                        .unwrap_or_else(std::env::temp_dir),
+                    source,
+                }
+            })?;
+        let shared = Arc::new(Shared {
+            codec: JsonCodec::with_max_frame_len(settings.max_frame_len),
+            instance_id: store.instance_id(),
+            store,
+            logs,
+            log_dir,
+            socket_dir,
+            registry: Mutex::new(Registry::default()),
+            config: Mutex::new(config),
+            events: broadcast::channel(1024).0,
+            manage: tokio::sync::Mutex::new(()),
+            tasks: TaskTracker::new(),
+            reaper: crate::process::Reaper::start(),
+            shutdown: CancellationToken::new(),
+            settings,
+        });
+        let host = PluginHost { shared };
+        host.spawn_event_cleanup();
+        tracing::info!(
+            instance.id = %host.shared.instance_id,
+            plugin_dir = %host.shared.settings.plugin_dir.display(),
+            log_dir = %host.shared.log_dir.display(),
+            "plugin host starting"
+        );
+        host.rescan().await.map_err(|e| match e {
+            ManageError::Scan { dir, source } => StartError::Dir { path: dir, source },
+            other => unreachable!("rescan at start fails only to scan: {other}"),
+        })?;
+        Ok(host)
+    }
+
+    /// Deletes events past the retention period now and then once a day.
+    fn spawn_event_cleanup(&self) {
+        let shared = Arc::clone(&self.shared);
+        self.shared.tasks.spawn(async move {
+            let retention = shared.settings.event_retention;
+            loop {
+                let cutoff = now_millis().saturating_sub(retention.as_millis() as u64);
+                match shared.store.cleanup_events(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "old plugin events deleted"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot delete old plugin events"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+                    _ = shared.shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+
+    /// The host's instance id: a UUID made on first start and kept in the database.
+    pub fn instance_id(&self) -> Uuid {
+        self.shared.instance_id
+    }
+
+    /// The folder the host reads plugins from.
+    pub fn plugin_dir(&self) -> &Path {
+        &self.shared.settings.plugin_dir
+    }
+
+    /// The folder the host writes logs to (after any fallback).
+    pub fn log_dir(&self) -> &Path {
+        &self.shared.log_dir
+    }
+
+    /// Every plugin found, loaded or not, in id order.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let now = now_millis();
+        let mut infos: Vec<PluginInfo> = self
+            .shared
+            .registry()
+            .plugins
+            .values()
+            .map(|e| e.info(now))
+            .collect();
+        let config = self.shared.config();
+        for info in &mut infos {
+            info.license_key_set = has_license_key(&config, &info.id);
+        }
+        infos
+    }
+
+    /// One plugin.
+    ///
+    /// # Errors
+    /// [`ManageError::UnknownPlugin`].
+    pub fn get(&self, id: &str) -> Result<PluginInfo, ManageError> {
+        let mut info = self
+            .shared
+            .registry()
+            .plugins
+            .get(id)
+            .map(|e| e.info(now_millis()))
+            .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
+        info.license_key_set = has_license_key(&self.shared.config(), id);
+        Ok(info)
+    }
+
+    /// The host's database, for an application's own settings (for example `toru-server`'s
+    /// admin secret hash). Plugin KV data is reached through [`kv`](Self::kv).
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Plugin `plugin_id`'s KV namespace, for the embedding application.
+    pub fn kv(&self, plugin_id: &str) -> PluginKv {
+        self.shared.store.kv(plugin_id)
+    }
+
+    /// A stream of lifecycle events, from now on. A receiver that falls more than 1024 events
+    /// behind skips the oldest (`RecvError::Lagged`).
+    pub fn subscribe(&self) -> broadcast::Receiver<PluginEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Recorded lifecycle events, newest first.
+    ///
+    /// # Errors
+    /// When the database cannot be read.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<PluginEvent>, StoreError> {
+        self.shared.store.events(query).await
+    }
+
+    /// A page of a plugin's log, newest first.
+    ///
+    /// # Errors
+    /// When the log files cannot be read.
+    pub async fn logs(&self, id: &str, query: &LogQuery) -> Result<LogPage, LogError> {
+        self.shared.logs.query(id, query).await
+    }
+
+    /// Stops every plugin (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits
+    /// for the host's tasks, and closes the database. Calls after the first return at once.
+    pub async fn shutdown(&self) {
+        let runners: Vec<_> = {
+            let mut reg = self.shared.registry();
+            if reg.shutting_down {
+                Vec::new()
+            } else {
+                reg.shutting_down = true;
+                reg.plugins
+                    .values_mut()
+                    .filter_map(|e| e.runner.take())
+                    .collect()
+            }
+        };
+        futures_util::future::join_all(runners.into_iter().map(stop_runner)).await;
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        self.shared.reaper.close().await;
+        self.shared.logs.flush().await;
+        if let Err(e) = self.shared.store.close().await {
+            tracing::error!(error = %e, "cannot close the database cleanly");
+        }
+        let _ = std::fs::remove_dir_all(&self.shared.socket_dir);
+    }
+}
