@@ -83,7 +83,7 @@ impl Issuer {
         })
     }
 
-    /// An HMAC-SHA256 secret of at least [`MIN_HMAC_SECRET_LEN`] bytes.
+    /// An HMAC-SHA256 secret of at least [`MIN_HMAC_SECRET_LEN`](super::MIN_HMAC_SECRET_LEN) bytes.
     ///
     /// # Errors
     /// [`KeyError::BadKeyId`] or [`KeyError::ShortSecret`].
