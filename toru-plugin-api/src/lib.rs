@@ -8,6 +8,8 @@
 //! - [`protocol`]: the messages, as plain serde types with no I/O.
 //! - [`codec`]: the frame codec, a tokio-util `Decoder`/`Encoder`.
 //! - [`sdk`]: [`ToruPlugin`] and [`run`]. Implement the trait, call `run` from `main`.
+//! - [`license`]: license keys bound to a plugin and a host's instance id (Ed25519 or
+//!   HMAC-SHA256), checked by the SDK before `init` when [`ToruPlugin::license`] returns a policy.
 //!
 //! Unix only: plugins talk to their host over Unix domain sockets.
 //!
