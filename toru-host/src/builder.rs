@@ -164,7 +164,9 @@ impl PluginHostBuilder {
         self.plugin_dir.join(".metadata").join("config.json")
     }
 
-    pub(crate) fn db_path(&self) -> PathBuf {
+    /// The database file the host opens: `<data dir>/toru.redb`. An application that needs the
+    /// store while no host runs (a command that resets a setting, say) opens this path.
+    pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("toru.redb")
     }
 }

@@ -78,7 +78,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Makes a new admin secret, stores its hash and prints it once.
 async fn reset_admin_secret(args: &cli::ServerArgs) -> anyhow::Result<()> {
-    let path = args.data_dir.join("toru.redb");
+    let path = toru_host::PluginHost::builder()
+        .data_dir(&args.data_dir)
+        .db_path();
     let store =
         toru_host::Store::open(&path, toru_host::KvLimits::default()).with_context(|| {
             format!(
