@@ -67,6 +67,8 @@ pub mod codec;
 pub mod license;
 pub mod protocol;
 pub mod sdk;
+#[cfg(test)]
+mod testutil;
 
 pub use codec::{CodecError, Frame, JsonCodec};
 pub use protocol::{Level, Message, Payload, PluginMetadata};

@@ -15,6 +15,7 @@ use crate::protocol::{
     Bundle, CowStr, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult, Level,
     LogRecord, Payload, Ready, VersionRange,
 };
+use crate::testutil::{VARIANTS, variant_index};
 
 const PING: &str = r#"{"type":"ping","timestamp":5,"request_id":7,"payload":{}}"#;
 const PONG: &str = r#"{"type":"pong","timestamp":6,"request_id":7,"payload":{}}"#;
@@ -158,28 +159,6 @@ fn every_variant() -> Vec<Message<'static>> {
             payload,
         })
         .collect()
-}
-
-/// The variant's position; the match is exhaustive, so a new variant breaks this file until
-/// [`every_variant`] covers it.
-fn variant_index(p: &Payload<'_>) -> usize {
-    match p {
-        Payload::Init(_) => 0,
-        Payload::Ready(_) => 1,
-        Payload::HttpRequest(_) => 2,
-        Payload::HttpResponse(_) => 3,
-        Payload::GetBundle => 4,
-        Payload::Bundle(_) => 5,
-        Payload::Ping => 6,
-        Payload::Pong => 7,
-        Payload::Cancel => 8,
-        Payload::Shutdown => 9,
-        Payload::Kv(_) => 10,
-        Payload::KvResult(_) => 11,
-        Payload::Log(_) => 12,
-        Payload::Error(_) => 13,
-        Payload::Unknown(_) => 14,
-    }
 }
 
 fn encode_one(codec: &mut JsonCodec, msg: &Message<'_>) -> BytesMut {
@@ -483,7 +462,7 @@ fn encode_appends_to_what_is_buffered() {
 #[test]
 fn encode_round_trips_every_payload_variant() {
     let messages = every_variant();
-    let mut seen = [false; 15];
+    let mut seen = [false; VARIANTS];
     for m in &messages {
         seen[variant_index(&m.payload)] = true;
     }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use super::*;
 use crate::protocol::{Level, VersionRange};
+use crate::testutil::{VARIANTS, variant_index};
 
 fn parse(json: &str) -> Message<'_> {
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
@@ -96,25 +97,9 @@ fn every_variant() -> Vec<(Payload<'static>, &'static str, bool)> {
 
 #[test]
 fn every_variant_is_listed() {
-    let mut seen = [false; 15];
+    let mut seen = [false; VARIANTS];
     for (p, _, _) in every_variant() {
-        seen[match p {
-            Payload::Init(_) => 0,
-            Payload::Ready(_) => 1,
-            Payload::HttpRequest(_) => 2,
-            Payload::HttpResponse(_) => 3,
-            Payload::GetBundle => 4,
-            Payload::Bundle(_) => 5,
-            Payload::Ping => 6,
-            Payload::Pong => 7,
-            Payload::Cancel => 8,
-            Payload::Shutdown => 9,
-            Payload::Kv(_) => 10,
-            Payload::KvResult(_) => 11,
-            Payload::Log(_) => 12,
-            Payload::Error(_) => 13,
-            Payload::Unknown(_) => 14,
-        }] = true;
+        seen[variant_index(&p)] = true;
     }
     assert!(seen.iter().all(|&s| s), "variants missing: {seen:?}");
 }

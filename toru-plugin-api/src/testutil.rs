@@ -1,0 +1,28 @@
+//! Fixtures shared by this crate's unit tests.
+
+use crate::protocol::Payload;
+
+/// The variant's position, from 0 to `VARIANTS - 1`. The match is exhaustive, so a new variant
+/// breaks the build until the tests that list every variant cover it.
+pub(crate) fn variant_index(p: &Payload<'_>) -> usize {
+    match p {
+        Payload::Init(_) => 0,
+        Payload::Ready(_) => 1,
+        Payload::HttpRequest(_) => 2,
+        Payload::HttpResponse(_) => 3,
+        Payload::GetBundle => 4,
+        Payload::Bundle(_) => 5,
+        Payload::Ping => 6,
+        Payload::Pong => 7,
+        Payload::Cancel => 8,
+        Payload::Shutdown => 9,
+        Payload::Kv(_) => 10,
+        Payload::KvResult(_) => 11,
+        Payload::Log(_) => 12,
+        Payload::Error(_) => 13,
+        Payload::Unknown(_) => 14,
+    }
+}
+
+/// How many payload variants there are.
+pub(crate) const VARIANTS: usize = 15;
