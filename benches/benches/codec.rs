@@ -7,13 +7,13 @@
 //! The message is a realistic browser request: 8 headers (about 600 bytes of JSON with no
 //! body), then bodies of 1 KiB, 64 KiB and 1 MiB of plain text. Each case is measured four ways:
 //!
-//! - `decode/toru`: [`JsonCodec::decode`] of the framed bytes, then [`Frame::message`], whose
+//! - `decode/toru`: [`FrameCodec::decode`] of the framed bytes, then [`Frame::message`], whose
 //!   strings borrow from the frame.
 //! - `decode/serde_json_owned`: `serde_json::from_slice` of the same JSON into an owned struct
 //!   (`String` fields, `Vec<(String, String)>` headers) that mirrors the wire format: the
 //!   baseline. `decode/serde_json_owned_from_str` is the same after checking the whole frame's
 //!   UTF-8 first, as [`Frame::message`] does, to separate that gain from borrowing.
-//! - `encode/toru`: [`JsonCodec`]'s `encode` into a reused `BytesMut`, as `FramedWrite` does.
+//! - `encode/toru`: [`FrameCodec`]'s `encode` into a reused `BytesMut`, as `FramedWrite` does.
 //! - `encode/serde_json_owned`: `serde_json::to_vec` of the owned struct; and
 //!   `encode/serde_json_reused_vec`, `serde_json::to_writer` into a reused `Vec`, to show how
 //!   much of the difference is the buffer rather than the serialiser.
@@ -29,7 +29,7 @@ use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, 
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
 use toru_plugin_api::protocol::{CowStr, HttpRequest};
-use toru_plugin_api::{JsonCodec, Message, Payload};
+use toru_plugin_api::{FrameCodec, Message, Payload};
 
 /// The frame header's length (a big-endian `u32`).
 const HEADER_LEN: usize = 4;
@@ -116,6 +116,8 @@ fn message(body: &str) -> Message<'_> {
                 .collect(),
             body: (!body.is_empty()).then(|| CowStr::borrowed(body)),
             body_base64: None,
+            end_stream: None,
+            upgrade: None,
         }),
     }
 }
@@ -142,7 +144,7 @@ fn plain(body: &str) -> PlainMessage {
 /// The framed bytes of `msg`, after checking that both sides agree on them.
 fn framed(msg: &Message<'_>, plain: &PlainMessage) -> Vec<u8> {
     let mut wire = BytesMut::new();
-    JsonCodec::new().encode(msg, &mut wire).expect("encode");
+    FrameCodec::new().encode(msg, &mut wire).expect("encode");
     let json = &wire[HEADER_LEN..];
     assert_eq!(
         json,
@@ -151,10 +153,12 @@ fn framed(msg: &Message<'_>, plain: &PlainMessage) -> Vec<u8> {
     );
     let decoded: PlainMessage = serde_json::from_slice(json).expect("plain decode");
     assert_eq!(&decoded, plain);
-    let frame = JsonCodec::new()
+    let frame = FrameCodec::new()
         .decode(&mut wire.clone())
         .expect("decode")
-        .expect("a whole frame");
+        .expect("a whole frame")
+        .into_frame()
+        .expect("a message frame");
     assert_eq!(&frame.message().expect("message"), msg);
     wire.to_vec()
 }
@@ -176,11 +180,11 @@ fn decode(c: &mut Criterion) {
         let fresh = || BytesMut::from(&wire[..]);
 
         group.bench_function(BenchmarkId::new("toru", label), |b| {
-            let mut codec = JsonCodec::new();
+            let mut codec = FrameCodec::new();
             b.iter_batched_ref(
                 fresh,
                 |src| {
-                    let frame = codec.decode(src).unwrap().unwrap();
+                    let frame = codec.decode(src).unwrap().unwrap().into_frame().unwrap();
                     let msg = frame.message().unwrap();
                     black_box(&msg);
                 },
@@ -222,7 +226,7 @@ fn encode(c: &mut Criterion) {
         group.throughput(throughput(size, wire.len() - HEADER_LEN));
 
         group.bench_function(BenchmarkId::new("toru", label), |b| {
-            let mut codec = JsonCodec::new();
+            let mut codec = FrameCodec::new();
             let mut dst = BytesMut::with_capacity(wire.len());
             b.iter(|| {
                 dst.clear();

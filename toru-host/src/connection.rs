@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{
     CowStr, ErrorReply, KV_LIST_MAX, KvRequest, KvResult, Payload, Ready, RequestId, error_code,
 };
-use toru_plugin_api::{CodecError, Frame, JsonCodec, Message};
+use toru_plugin_api::{CodecError, Frame, FrameCodec, Incoming, Message};
 use tracing::Instrument;
 
 use crate::logs::PluginLogs;
@@ -71,7 +71,7 @@ pub(crate) struct Connection {
 
 struct Inner {
     plugin_id: String,
-    codec: JsonCodec,
+    codec: FrameCodec,
     out: mpsc::Sender<Bytes>,
     pending: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
@@ -84,7 +84,7 @@ impl Connection {
     pub(crate) fn start(
         plugin_id: &str,
         stream: UnixStream,
-        codec: JsonCodec,
+        codec: FrameCodec,
         services: Services,
     ) -> Connection {
         let (read, write) = stream.into_split();
@@ -246,7 +246,7 @@ async fn writer(conn: Connection, write: OwnedWriteHalf, mut rx: mpsc::Receiver<
 
 async fn reader(
     conn: Connection,
-    mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, JsonCodec>,
+    mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
     services: Services,
 ) {
     loop {
@@ -263,7 +263,15 @@ async fn reader(
                 conn.close(format!("plugin broke the protocol: {e}"));
                 return;
             }
-            Some(Ok(frame)) => frame,
+            Some(Ok(Incoming::Message(frame))) => frame,
+            Some(Ok(Incoming::Data(data))) => {
+                // The host agrees on protocol 1 only for now, which has no streams.
+                conn.close(format!(
+                    "plugin broke the protocol: a data frame (stream {}) on a protocol 1 connection",
+                    data.stream
+                ));
+                return;
+            }
         };
         tracing::trace!(len = frame.bytes().len(), "frame from plugin");
         if let Err(reason) = dispatch(&conn, &frame, &services) {

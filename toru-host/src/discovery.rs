@@ -138,13 +138,13 @@ pub(crate) async fn load(
         .map_err(|e| format!("--metadata did not print valid metadata JSON: {e}"))?;
     metadata.validate().map_err(|e| e.to_string())?;
     if let Some(range) = metadata.protocol
-        && toru_plugin_api::protocol::VersionRange::SUPPORTED
+        && crate::supervisor::HOST_VERSIONS
             .negotiate(&range)
             .is_none()
     {
         return Err(format!(
             "it speaks protocol {range}; this host speaks {}",
-            toru_plugin_api::protocol::VersionRange::SUPPORTED
+            crate::supervisor::HOST_VERSIONS
         ));
     }
     Ok(metadata)

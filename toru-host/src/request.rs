@@ -72,6 +72,8 @@ impl PluginRequest {
                 .collect(),
             body,
             body_base64,
+            end_stream: None,
+            upgrade: None,
         }
     }
 }

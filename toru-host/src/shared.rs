@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use toru_plugin_api::JsonCodec;
+use toru_plugin_api::FrameCodec;
 use toru_plugin_api::protocol::Level;
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ use crate::store::Store;
 
 pub(crate) struct Shared {
     pub(crate) settings: PluginHostBuilder,
-    pub(crate) codec: JsonCodec,
+    pub(crate) codec: FrameCodec,
     pub(crate) store: Store,
     pub(crate) logs: PluginLogs,
     pub(crate) log_dir: PathBuf,

@@ -1,15 +1,22 @@
-//! The frame codec: a 4-byte big-endian length, then that many bytes of UTF-8 JSON.
+//! The frame codec: a 4-byte big-endian header, then the frame's bytes.
 //!
 //! ```text
+//! message frame (protocol 1 and 2): top bit of the header clear
 //! +---- len: u32 (big-endian) ----+---------- JSON message (len bytes) ----------+
 //! | 00 00 00 2a                   | {"type":"ping","timestamp":..,"request_id":1..}|
 //! +-------------------------------+------------------------------------------------+
+//!
+//! data frame (protocol 2 only): top bit of the header set; len counts stream + flags + data
+//! +---- 0x80000000 | len ---------+---- stream: u64 (BE) ----+ flags +-- data (len - 9) --+
+//! | 80 00 00 0e                   | 00 00 00 00 00 00 00 03  |  01   | 68 65 6c 6c 6f     |
+//! +-------------------------------+--------------------------+-------+--------------------+
 //! ```
 //!
-//! [`JsonCodec`] is a tokio-util [`Decoder`] and [`Encoder`]. Decoding yields a [`Frame`], the
-//! message's bytes cut from the read buffer without copying; [`Frame::message`] parses it into a
-//! [`Message`] that borrows from the frame. A length over the limit is refused from the header
-//! alone, before anything is allocated for it.
+//! [`FrameCodec`] is a tokio-util [`Decoder`] and [`Encoder`]. Decoding yields an [`Incoming`]:
+//! either a [`Frame`], one message's JSON cut from the read buffer without copying, which
+//! [`Frame::message`] parses into a [`Message`] that borrows from it; or a [`DataFrame`], raw
+//! bytes of a stream (a request or response body, a WebSocket message). A length over the limit
+//! is refused from the header alone, before anything is allocated for it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -17,6 +24,15 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::protocol::{DEFAULT_MAX_FRAME_LEN, EnvelopeHead, Message, RequestId};
 
 const HEADER_LEN: usize = 4;
+
+/// The header bit that marks a data frame.
+const DATA_BIT: u32 = 0x8000_0000;
+
+/// A data frame's bytes before its data: the stream id (8) and the flags (1).
+const DATA_PREFIX_LEN: usize = 9;
+
+/// The bytes of a data frame before its data: the 4-byte header, the stream id and the flags.
+pub const DATA_HEADER_LEN: usize = HEADER_LEN + DATA_PREFIX_LEN;
 
 /// What can go wrong reading or writing frames.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +57,13 @@ pub enum CodecError {
         /// What the JSON parser said.
         #[source]
         source: serde_json::Error,
+    },
+    /// A data frame is shorter than its stream id and flags (9 bytes). The stream cannot be
+    /// trusted after it: close it.
+    #[error("data frame of {len} bytes is shorter than its 9-byte stream id and flags")]
+    ShortDataFrame {
+        /// The frame's length.
+        len: usize,
     },
     /// The stream ended in the middle of a frame.
     #[error("stream ended in the middle of a frame ({buffered} bytes buffered)")]
@@ -109,19 +132,115 @@ impl Frame {
     }
 }
 
+/// The flags of a [`DataFrame`]: a byte of bits. Bits this crate does not know are kept, and
+/// ignored by receivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DataFlags(pub u8);
+
+impl DataFlags {
+    /// No flags: a body chunk with more to come, or a whole binary WebSocket message.
+    pub const NONE: DataFlags = DataFlags(0);
+    /// HTTP bodies: the last data frame of this direction of the stream (it may carry data).
+    pub const END: DataFlags = DataFlags(0x01);
+    /// WebSockets: the message is text (UTF-8); without it, binary.
+    pub const TEXT: DataFlags = DataFlags(0x02);
+    /// WebSockets: the message continues in the stream's next data frame.
+    pub const MORE: DataFlags = DataFlags(0x04);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: DataFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for DataFlags {
+    type Output = DataFlags;
+
+    fn bitor(self, rhs: DataFlags) -> DataFlags {
+        DataFlags(self.0 | rhs.0)
+    }
+}
+
+/// Protocol 2: raw bytes of one stream, a request's or response's body or a WebSocket message
+/// (or part of one). `stream` is the id of the `http_request` that opened the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataFrame {
+    /// The stream: the id of the `http_request` that opened it (the host's id space).
+    pub stream: RequestId,
+    /// What the data is (see [`DataFlags`]).
+    pub flags: DataFlags,
+    /// The bytes, cut from the read buffer without copying.
+    pub data: Bytes,
+}
+
+impl DataFrame {
+    /// A data frame.
+    pub fn new(stream: RequestId, flags: DataFlags, data: impl Into<Bytes>) -> Self {
+        DataFrame {
+            stream,
+            flags,
+            data: data.into(),
+        }
+    }
+
+    /// The 13 bytes that go before `data_len` bytes of data on stream `stream`, for writers that
+    /// send the data from its own buffer instead of copying it into the frame.
+    ///
+    /// # Errors
+    /// [`CodecError::FrameTooLarge`] when the frame would be longer than `max_frame_len`.
+    pub fn header(
+        stream: RequestId,
+        flags: DataFlags,
+        data_len: usize,
+        max_frame_len: usize,
+    ) -> Result<[u8; DATA_HEADER_LEN], CodecError> {
+        let len = DATA_PREFIX_LEN + data_len;
+        if len > max_frame_len || len > (DATA_BIT - 1) as usize {
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: max_frame_len,
+            });
+        }
+        let mut head = [0u8; DATA_HEADER_LEN];
+        head[..4].copy_from_slice(&(len as u32 | DATA_BIT).to_be_bytes());
+        head[4..12].copy_from_slice(&stream.to_be_bytes());
+        head[12] = flags.0;
+        Ok(head)
+    }
+}
+
+/// One frame off the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message's JSON.
+    Message(Frame),
+    /// Protocol 2: a stream's raw bytes.
+    Data(DataFrame),
+}
+
+impl Incoming {
+    /// The message frame, or `None` for a data frame.
+    pub fn into_frame(self) -> Option<Frame> {
+        match self {
+            Incoming::Message(frame) => Some(frame),
+            Incoming::Data(_) => None,
+        }
+    }
+}
+
 /// The frame codec (see the [module docs](self)).
 #[derive(Debug, Clone, Copy)]
-pub struct JsonCodec {
+pub struct FrameCodec {
     max_frame_len: usize,
 }
 
-impl Default for JsonCodec {
+impl Default for FrameCodec {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl JsonCodec {
+impl FrameCodec {
     /// A codec with the default 16 MiB frame limit.
     pub fn new() -> Self {
         Self::with_max_frame_len(DEFAULT_MAX_FRAME_LEN)
@@ -130,13 +249,13 @@ impl JsonCodec {
     /// A codec that refuses frames longer than `max` bytes, both ways.
     ///
     /// # Panics
-    /// When `max` does not fit the 32-bit length header.
+    /// When `max` does not fit the 31-bit length of the header (2 GiB).
     pub fn with_max_frame_len(max: usize) -> Self {
         assert!(
-            u32::try_from(max).is_ok(),
-            "frame limit {max} does not fit the 32-bit length header"
+            max < DATA_BIT as usize,
+            "frame limit {max} does not fit the 31-bit length of a data frame"
         );
-        JsonCodec { max_frame_len: max }
+        FrameCodec { max_frame_len: max }
     }
 
     /// The frame limit, in bytes.
@@ -145,20 +264,25 @@ impl JsonCodec {
     }
 }
 
-impl Decoder for JsonCodec {
-    type Item = Frame;
+impl Decoder for FrameCodec {
+    type Item = Incoming;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
         let Some(header) = src.get(..HEADER_LEN) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes(header.try_into().expect("4-byte header")) as usize;
+        let header = u32::from_be_bytes(header.try_into().expect("4-byte header"));
+        let is_data = header & DATA_BIT != 0;
+        let len = (header & !DATA_BIT) as usize;
         if len > self.max_frame_len {
             return Err(CodecError::FrameTooLarge {
                 len,
                 max: self.max_frame_len,
             });
+        }
+        if is_data && len < DATA_PREFIX_LEN {
+            return Err(CodecError::ShortDataFrame { len });
         }
         let total = HEADER_LEN + len;
         if src.len() < total {
@@ -166,10 +290,20 @@ impl Decoder for JsonCodec {
             return Ok(None);
         }
         src.advance(HEADER_LEN);
-        Ok(Some(Frame(src.split_to(len).freeze())))
+        if !is_data {
+            return Ok(Some(Incoming::Message(Frame(src.split_to(len).freeze()))));
+        }
+        let stream = src.get_u64();
+        let flags = DataFlags(src.get_u8());
+        let data = src.split_to(len - DATA_PREFIX_LEN).freeze();
+        Ok(Some(Incoming::Data(DataFrame {
+            stream,
+            flags,
+            data,
+        })))
     }
 
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
             None if src.is_empty() => Ok(None),
@@ -180,7 +314,7 @@ impl Decoder for JsonCodec {
     }
 }
 
-impl Encoder<&Message<'_>> for JsonCodec {
+impl Encoder<&Message<'_>> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, msg: &Message<'_>, dst: &mut BytesMut) -> Result<(), CodecError> {
@@ -226,11 +360,36 @@ impl std::io::Write for BytesWriter<'_> {
     }
 }
 
-impl Encoder<Message<'_>> for JsonCodec {
+impl Encoder<Message<'_>> for FrameCodec {
     type Error = CodecError;
 
     fn encode(&mut self, msg: Message<'_>, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.encode(&msg, dst)
+    }
+}
+
+impl Encoder<&DataFrame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: &DataFrame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let head = DataFrame::header(
+            frame.stream,
+            frame.flags,
+            frame.data.len(),
+            self.max_frame_len,
+        )?;
+        dst.reserve(head.len() + frame.data.len());
+        dst.put_slice(&head);
+        dst.put_slice(&frame.data);
+        Ok(())
+    }
+}
+
+impl Encoder<DataFrame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: DataFrame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(&frame, dst)
     }
 }
 

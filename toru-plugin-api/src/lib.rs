@@ -70,7 +70,7 @@ pub mod sdk;
 #[cfg(test)]
 mod testutil;
 
-pub use codec::{CodecError, Frame, JsonCodec};
+pub use codec::{CodecError, DataFlags, DataFrame, Frame, FrameCodec, Incoming};
 pub use protocol::{Level, Message, Payload, PluginMetadata};
 pub use sdk::{
     InitError, Kv, KvError, PluginContext, Request, Response, ServeError, ToruPlugin, run, serve,

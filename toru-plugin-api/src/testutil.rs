@@ -21,8 +21,10 @@ pub(crate) fn variant_index(p: &Payload<'_>) -> usize {
         Payload::Log(_) => 12,
         Payload::Error(_) => 13,
         Payload::Unknown(_) => 14,
+        Payload::Credit(_) => 15,
+        Payload::WsClose(_) => 16,
     }
 }
 
 /// How many payload variants there are.
-pub(crate) const VARIANTS: usize = 15;
+pub(crate) const VARIANTS: usize = 17;

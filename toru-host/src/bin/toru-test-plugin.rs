@@ -13,7 +13,7 @@ use tokio_util::codec::Framed;
 use toru_plugin_api::protocol::{
     CowStr, HttpResponse, Payload, PluginMetadata, Ready, VersionRange, error_code,
 };
-use toru_plugin_api::{JsonCodec, Message};
+use toru_plugin_api::{FrameCodec, Message};
 
 fn metadata(mode: &str, id: &str) -> Option<String> {
     let meta = PluginMetadata {
@@ -96,10 +96,12 @@ async fn main() {
         // The plugin runs in the plugins folder; the test reads this file there.
         std::fs::write(format!("{id}.child-pid"), child.id().to_string()).expect("pid file");
     }
-    let mut framed = Framed::new(stream, JsonCodec::new());
+    let mut framed = Framed::new(stream, FrameCodec::new());
     let mut served = 0u32;
     while let Some(frame) = framed.next().await {
-        let frame = frame.expect("frame");
+        let Some(frame) = frame.expect("frame").into_frame() else {
+            continue;
+        };
         let msg = frame.message().expect("message");
         let id_ = msg.request_id;
         let reply = match msg.payload {
@@ -184,6 +186,7 @@ async fn main() {
                                 )],
                                 body: Some(body.into()),
                                 body_base64: None,
+                                end_stream: None,
                             }),
                         )
                         .into_owned()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use toru_plugin_api::JsonCodec;
+use toru_plugin_api::FrameCodec;
 use toru_plugin_api::protocol::now_millis;
 use uuid::Uuid;
 
@@ -81,7 +81,7 @@ impl PluginHost {
                 }
             })?;
         let shared = Arc::new(Shared {
-            codec: JsonCodec::with_max_frame_len(settings.max_frame_len),
+            codec: FrameCodec::with_max_frame_len(settings.max_frame_len),
             instance_id: store.instance_id(),
             store,
             logs,

@@ -30,6 +30,7 @@ use crate::events::{EventKind, ExitStatus, PluginEvent};
 use crate::process::{self, kill_group};
 use crate::shared::Shared;
 use crate::state::PluginState;
+pub(crate) use start::HOST_VERSIONS;
 use start::StartFailure;
 
 /// How one run of a plugin process ended.

@@ -14,6 +14,9 @@ use crate::connection::{CallFailure, Connection, Reply, Services};
 use crate::events::ExitStatus;
 use crate::shared::Shared;
 
+/// The protocol versions the host offers. Streams (protocol 2) are not served yet.
+pub(crate) const HOST_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+
 /// Why a start did not reach `ready`.
 #[derive(Debug)]
 pub(super) enum StartFailure {
@@ -80,7 +83,7 @@ pub(super) async fn handshake(
         let log_path = shared.logs.path_for(id);
         let log_path = log_path.to_string_lossy();
         let init = Payload::Init(Init {
-            protocol: VersionRange::SUPPORTED,
+            protocol: HOST_VERSIONS,
             instance_id: CowStr::borrowed(&instance_id),
             plugin_id: CowStr::borrowed(id),
             socket_path: CowStr::borrowed(&socket_path),
@@ -98,13 +101,13 @@ pub(super) async fn handshake(
         done = attempt => done,
     };
     let failure = match reply {
-        Ok(Reply::Ready(ready)) if VersionRange::SUPPORTED.contains(ready.protocol_version) => {
+        Ok(Reply::Ready(ready)) if HOST_VERSIONS.contains(ready.protocol_version) => {
             return Ok((conn, ready.protocol_version));
         }
         Ok(Reply::Ready(ready)) => StartFailure::Incompatible(format!(
             "it chose protocol {}, outside the offered {}",
             ready.protocol_version,
-            VersionRange::SUPPORTED
+            HOST_VERSIONS
         )),
         Ok(Reply::Error { code, message }) if code == error_code::UNSUPPORTED_PROTOCOL_VERSION => {
             StartFailure::Incompatible(message)

@@ -1,4 +1,4 @@
-//! Arbitrary bytes through `JsonCodec::decode`, `decode_eof` and `Frame::message`: nothing may
+//! Arbitrary bytes through `FrameCodec::decode`, `decode_eof` and `Frame::message`: nothing may
 //! panic, errors must say whether the stream survives, and every message that decodes must
 //! encode and decode again to the same JSON.
 //!
@@ -13,7 +13,7 @@
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::{Decoder, Encoder};
-use toru_plugin_api::{CodecError, Frame, JsonCodec, Payload};
+use toru_plugin_api::{CodecError, DataFrame, Frame, FrameCodec, Incoming, Payload};
 
 fuzz_target!(|data: &[u8]| run(data));
 
@@ -28,7 +28,7 @@ fn run(data: &[u8]) {
     };
     let read_size = usize::from(control & 0x0f) + 1;
 
-    let mut codec = JsonCodec::with_max_frame_len(max);
+    let mut codec = FrameCodec::with_max_frame_len(max);
     let mut src = BytesMut::new();
     for read in stream.chunks(read_size) {
         src.extend_from_slice(read);
@@ -56,14 +56,39 @@ fn check_fatal(e: &CodecError) {
     assert!(
         matches!(
             e,
-            CodecError::FrameTooLarge { .. } | CodecError::UnexpectedEof { .. }
+            CodecError::FrameTooLarge { .. }
+                | CodecError::UnexpectedEof { .. }
+                | CodecError::ShortDataFrame { .. }
         ),
         "decode failed with {e:?}"
     );
     assert!(e.is_fatal());
 }
 
-fn check_frame(frame: &Frame, max: usize) {
+fn check_frame(item: &Incoming, max: usize) {
+    match item {
+        Incoming::Message(frame) => check_message(frame, max),
+        Incoming::Data(data) => check_data(data, max),
+    }
+}
+
+fn check_data(data: &DataFrame, max: usize) {
+    assert!(data.data.len() + 9 <= max);
+    let mut out = BytesMut::new();
+    FrameCodec::with_max_frame_len(max)
+        .encode(data, &mut out)
+        .expect("a decoded data frame must encode");
+    let again = FrameCodec::with_max_frame_len(max)
+        .decode(&mut out)
+        .expect("decode our own data frame");
+    assert_eq!(again.as_ref(), Some(item_of(data)).as_ref());
+}
+
+fn item_of(data: &DataFrame) -> Incoming {
+    Incoming::Data(data.clone())
+}
+
+fn check_message(frame: &Frame, max: usize) {
     assert!(frame.bytes().len() <= max);
     let msg = match frame.message() {
         Ok(msg) => msg,
@@ -74,10 +99,11 @@ fn check_frame(frame: &Frame, max: usize) {
         }
     };
     let first = encode(&msg);
-    let again = JsonCodec::new()
+    let again = FrameCodec::new()
         .decode(&mut first.clone())
         .expect("decode our own frame")
-        .expect("a whole frame");
+        .and_then(Incoming::into_frame)
+        .expect("a whole message frame");
     let reread = again.message().expect("our own encoding must decode");
     assert_eq!(reread.payload.type_name(), msg.payload.type_name());
     assert_eq!(reread.request_id, msg.request_id);
@@ -90,7 +116,7 @@ fn check_frame(frame: &Frame, max: usize) {
 
 fn encode(msg: &toru_plugin_api::Message<'_>) -> BytesMut {
     let mut out = BytesMut::new();
-    JsonCodec::new()
+    FrameCodec::new()
         .encode(msg, &mut out)
         .expect("a decoded message must encode");
     out

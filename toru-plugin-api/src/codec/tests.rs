@@ -12,8 +12,8 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 
 use super::*;
 use crate::protocol::{
-    Bundle, CowStr, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult, Level,
-    LogRecord, Payload, Ready, VersionRange,
+    Bundle, CowStr, Credit, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult,
+    Level, LogRecord, Payload, Ready, VersionRange, WsClose,
 };
 use crate::testutil::{VARIANTS, variant_index};
 
@@ -29,18 +29,30 @@ fn framed(json: &str) -> Vec<u8> {
     out
 }
 
+/// The message frame in a decoded item; these tests decode messages only unless they say so.
+trait MessageFrame {
+    fn frame(self) -> Frame;
+}
+
+impl MessageFrame for Incoming {
+    fn frame(self) -> Frame {
+        self.into_frame()
+            .expect("a message frame, not a data frame")
+    }
+}
+
 /// Every frame that `decode` yields from `src`, then whatever is left.
-fn drain(codec: &mut JsonCodec, src: &mut BytesMut) -> Vec<Frame> {
+fn drain(codec: &mut FrameCodec, src: &mut BytesMut) -> Vec<Frame> {
     let mut frames = Vec::new();
     while let Some(frame) = codec.decode(src).expect("decode failed") {
-        frames.push(frame);
+        frames.push(frame.frame());
     }
     frames
 }
 
 /// Feeds `chunks` one after another, decoding after each, as a socket's reads would.
 fn decode_chunks<'c>(chunks: impl IntoIterator<Item = &'c [u8]>) -> Vec<Frame> {
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let mut src = BytesMut::new();
     let mut frames = Vec::new();
     for chunk in chunks {
@@ -94,6 +106,8 @@ fn every_variant() -> Vec<Message<'static>> {
             headers: headers.clone(),
             body: Some(s("{\"n\":1}")),
             body_base64: None,
+            end_stream: None,
+            upgrade: None,
         }),
         Payload::HttpRequest(HttpRequest {
             method: s("PUT"),
@@ -102,12 +116,37 @@ fn every_variant() -> Vec<Message<'static>> {
             headers: Vec::new(),
             body: None,
             body_base64: Some(s("/wD+")),
+            end_stream: None,
+            upgrade: None,
+        }),
+        Payload::HttpRequest(HttpRequest {
+            method: s("GET"),
+            path: s("/acme/ws"),
+            query: s(""),
+            headers: vec![(s("sec-websocket-protocol"), s("chat"))],
+            body: None,
+            body_base64: None,
+            end_stream: Some(true),
+            upgrade: Some(s("websocket")),
         }),
         Payload::HttpResponse(HttpResponse {
             status: 404,
             headers,
             body: Some(s("not here")),
             body_base64: None,
+            end_stream: None,
+        }),
+        Payload::HttpResponse(HttpResponse {
+            status: 200,
+            headers: vec![(s("content-type"), s("text/event-stream"))],
+            body: None,
+            body_base64: None,
+            end_stream: Some(false),
+        }),
+        Payload::Credit(Credit { bytes: 131_072 }),
+        Payload::WsClose(WsClose {
+            code: 1000,
+            reason: s("bye"),
         }),
         Payload::GetBundle,
         Payload::Bundle(Bundle {
@@ -161,7 +200,7 @@ fn every_variant() -> Vec<Message<'static>> {
         .collect()
 }
 
-fn encode_one(codec: &mut JsonCodec, msg: &Message<'_>) -> BytesMut {
+fn encode_one(codec: &mut FrameCodec, msg: &Message<'_>) -> BytesMut {
     let mut dst = BytesMut::new();
     codec.encode(msg, &mut dst).expect("encode failed");
     dst
@@ -170,7 +209,7 @@ fn encode_one(codec: &mut JsonCodec, msg: &Message<'_>) -> BytesMut {
 #[test]
 fn read_empty_buffer_yields_nothing() {
     let mut src = BytesMut::new();
-    assert!(JsonCodec::new().decode(&mut src).unwrap().is_none());
+    assert!(FrameCodec::new().decode(&mut src).unwrap().is_none());
 }
 
 #[test]
@@ -189,12 +228,16 @@ fn read_header_split_across_reads() {
     let bytes = framed(PING);
     for cut in 1..HEADER_LEN {
         let (a, b) = bytes.split_at(cut);
-        let mut codec = JsonCodec::new();
+        let mut codec = FrameCodec::new();
         let mut src = BytesMut::from(a);
         assert!(codec.decode(&mut src).unwrap().is_none(), "cut at {cut}");
         assert_eq!(src.len(), cut, "a partial header must stay buffered");
         src.extend_from_slice(b);
-        let frame = codec.decode(&mut src).unwrap().expect("whole frame");
+        let frame = codec
+            .decode(&mut src)
+            .unwrap()
+            .expect("whole frame")
+            .frame();
         assert_eq!(as_json(&[frame]), [PING]);
     }
 }
@@ -232,20 +275,26 @@ fn read_frames_split_at_every_position() {
 fn read_frame_does_not_copy_the_buffer() {
     let mut src = BytesMut::from(&framed(PING)[..]);
     let body_ptr = src[HEADER_LEN..].as_ptr();
-    let frame = JsonCodec::new().decode(&mut src).unwrap().unwrap();
+    let frame = FrameCodec::new().decode(&mut src).unwrap().unwrap().frame();
     assert_eq!(frame.bytes().as_ptr(), body_ptr);
 }
 
 #[test]
 fn read_oversized_length_is_refused_before_allocating() {
-    let mut codec = JsonCodec::with_max_frame_len(1024);
+    let mut codec = FrameCodec::with_max_frame_len(1024);
     let mut src = BytesMut::with_capacity(64);
-    src.put_u32(u32::MAX);
+    src.put_u32(0x7fff_ffff);
     src.put_slice(br#"{"type":"pi"#);
     let capacity = src.capacity();
     let err = codec.decode(&mut src).unwrap_err();
     assert!(
-        matches!(err, CodecError::FrameTooLarge { len, max: 1024 } if len == u32::MAX as usize),
+        matches!(
+            err,
+            CodecError::FrameTooLarge {
+                len: 0x7fff_ffff,
+                max: 1024
+            }
+        ),
         "{err:?}"
     );
     assert!(err.is_fatal());
@@ -258,7 +307,7 @@ fn read_oversized_length_is_refused_before_allocating() {
 
 #[test]
 fn read_oversized_length_is_refused_from_the_header_alone() {
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let claimed = DEFAULT_MAX_FRAME_LEN + 1;
     let mut src = BytesMut::with_capacity(HEADER_LEN);
     src.put_u32(claimed as u32);
@@ -278,15 +327,16 @@ fn read_oversized_length_is_refused_from_the_header_alone() {
 
 #[test]
 fn read_length_exactly_at_the_limit_is_accepted() {
-    let mut at_limit = JsonCodec::with_max_frame_len(PING.len());
+    let mut at_limit = FrameCodec::with_max_frame_len(PING.len());
     let mut src = BytesMut::from(&framed(PING)[..]);
     let frame = at_limit
         .decode(&mut src)
         .unwrap()
-        .expect("frame at the limit");
+        .expect("frame at the limit")
+        .frame();
     assert_eq!(as_json(&[frame]), [PING]);
 
-    let mut below = JsonCodec::with_max_frame_len(PING.len() - 1);
+    let mut below = FrameCodec::with_max_frame_len(PING.len() - 1);
     let mut src = BytesMut::from(&framed(PING)[..]);
     let err = below.decode(&mut src).unwrap_err();
     assert!(
@@ -299,7 +349,7 @@ fn read_length_exactly_at_the_limit_is_accepted() {
 fn read_waits_for_the_body_without_consuming_the_header() {
     let bytes = framed(PING);
     let mut src = BytesMut::from(&bytes[..10]);
-    assert!(JsonCodec::new().decode(&mut src).unwrap().is_none());
+    assert!(FrameCodec::new().decode(&mut src).unwrap().is_none());
     assert_eq!(&src[..], &bytes[..10]);
     assert!(src.capacity() >= bytes.len(), "room reserved for the frame");
 }
@@ -307,9 +357,13 @@ fn read_waits_for_the_body_without_consuming_the_header() {
 #[test]
 fn read_garbage_json_is_malformed_but_not_fatal() {
     let bytes = [framed("not json at all"), framed(PING)].concat();
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let mut src = BytesMut::from(&bytes[..]);
-    let garbage = codec.decode(&mut src).unwrap().expect("garbage frame");
+    let garbage = codec
+        .decode(&mut src)
+        .unwrap()
+        .expect("garbage frame")
+        .frame();
     let err = garbage.message().unwrap_err();
     assert!(
         matches!(
@@ -327,7 +381,7 @@ fn read_garbage_json_is_malformed_but_not_fatal() {
     assert!(std::error::Error::source(&err).is_some());
 
     // The stream is still in sync: the next frame decodes.
-    let next = codec.decode(&mut src).unwrap().expect("next frame");
+    let next = codec.decode(&mut src).unwrap().expect("next frame").frame();
     assert_eq!(next.message().unwrap().payload, Payload::Ping);
 }
 
@@ -335,7 +389,7 @@ fn read_garbage_json_is_malformed_but_not_fatal() {
 fn read_malformed_payload_recovers_type_and_request_id() {
     let json = r#"{"type":"http_request","timestamp":1,"request_id":9,"payload":{"method":5}}"#;
     let mut src = BytesMut::from(&framed(json)[..]);
-    let frame = JsonCodec::new().decode(&mut src).unwrap().unwrap();
+    let frame = FrameCodec::new().decode(&mut src).unwrap().unwrap().frame();
     let err = frame.message().unwrap_err();
     match &err {
         CodecError::Malformed {
@@ -383,10 +437,11 @@ fn read_malformed_frames_of_every_kind() {
 #[test]
 fn read_zero_length_frame_is_malformed() {
     let mut src = BytesMut::from(&[0u8, 0, 0, 0][..]);
-    let frame = JsonCodec::new()
+    let frame = FrameCodec::new()
         .decode(&mut src)
         .unwrap()
-        .expect("empty frame");
+        .expect("empty frame")
+        .frame();
     assert!(frame.bytes().is_empty());
     assert!(matches!(frame.message(), Err(CodecError::Malformed { .. })));
 }
@@ -395,7 +450,7 @@ fn read_zero_length_frame_is_malformed() {
 fn read_unknown_type_is_a_payload_not_an_error() {
     let json = r#"{"type":"frobnicate","timestamp":3,"request_id":11,"payload":{"x":[1,{"y":2}]}}"#;
     let mut src = BytesMut::from(&framed(json)[..]);
-    let frame = JsonCodec::new().decode(&mut src).unwrap().unwrap();
+    let frame = FrameCodec::new().decode(&mut src).unwrap().unwrap().frame();
     let msg = frame.message().expect("unknown types decode");
     assert_eq!(msg.payload, Payload::Unknown(s("frobnicate")));
     assert_eq!(msg.request_id, Some(11));
@@ -404,9 +459,13 @@ fn read_unknown_type_is_a_payload_not_an_error() {
 
 #[test]
 fn eof_on_a_frame_boundary_ends_the_stream() {
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let mut src = BytesMut::from(&framed(PING)[..]);
-    let frame = codec.decode_eof(&mut src).unwrap().expect("last frame");
+    let frame = codec
+        .decode_eof(&mut src)
+        .unwrap()
+        .expect("last frame")
+        .frame();
     assert_eq!(as_json(&[frame]), [PING]);
     assert!(codec.decode_eof(&mut src).unwrap().is_none());
     assert!(codec.decode_eof(&mut BytesMut::new()).unwrap().is_none());
@@ -417,7 +476,7 @@ fn eof_in_the_middle_of_a_frame_is_unexpected() {
     let bytes = framed(PING);
     for cut in 1..bytes.len() {
         let mut src = BytesMut::from(&bytes[..cut]);
-        let err = JsonCodec::new().decode_eof(&mut src).unwrap_err();
+        let err = FrameCodec::new().decode_eof(&mut src).unwrap_err();
         assert!(
             matches!(err, CodecError::UnexpectedEof { buffered } if buffered == cut),
             "cut at {cut}: {err:?}"
@@ -433,13 +492,13 @@ fn encode_writes_the_length_then_the_json() {
         request_id: Some(7),
         payload: Payload::Ping,
     };
-    let dst = encode_one(&mut JsonCodec::new(), &msg);
+    let dst = encode_one(&mut FrameCodec::new(), &msg);
     assert_eq!(&dst[..], &framed(PING)[..]);
 }
 
 #[test]
 fn encode_appends_to_what_is_buffered() {
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let mut dst = BytesMut::from(&b"already"[..]);
     let ping = Message {
         timestamp: 5,
@@ -468,7 +527,7 @@ fn encode_round_trips_every_payload_variant() {
     }
     assert!(seen.iter().all(|&s| s), "variants missing: {seen:?}");
 
-    let mut codec = JsonCodec::new();
+    let mut codec = FrameCodec::new();
     let mut wire = BytesMut::new();
     for m in &messages {
         codec.encode(m, &mut wire).unwrap();
@@ -491,7 +550,7 @@ fn encode_over_the_limit_leaves_the_buffer_unchanged() {
         request_id: Some(1),
         payload: Payload::Bundle(Bundle { script: s(&script) }),
     };
-    let mut codec = JsonCodec::with_max_frame_len(100);
+    let mut codec = FrameCodec::with_max_frame_len(100);
     let mut dst = BytesMut::new();
     codec
         .encode(&Message::with_id(2, Payload::Ping), &mut dst)
@@ -516,28 +575,159 @@ fn encode_exactly_at_the_limit_is_accepted() {
         payload: Payload::Ping,
     };
     let mut dst = BytesMut::new();
-    JsonCodec::with_max_frame_len(PING.len())
+    FrameCodec::with_max_frame_len(PING.len())
         .encode(&msg, &mut dst)
         .expect("a frame at the limit is allowed");
     assert_eq!(&dst[..], &framed(PING)[..]);
 
-    let err = JsonCodec::with_max_frame_len(PING.len() - 1)
+    let err = FrameCodec::with_max_frame_len(PING.len() - 1)
         .encode(&msg, &mut BytesMut::new())
         .unwrap_err();
     assert!(matches!(err, CodecError::FrameTooLarge { .. }), "{err:?}");
 }
 
 #[test]
-#[should_panic(expected = "does not fit the 32-bit length header")]
+#[should_panic(expected = "does not fit the 31-bit length")]
 fn limit_beyond_the_header_panics() {
-    JsonCodec::with_max_frame_len(u32::MAX as usize + 1);
+    FrameCodec::with_max_frame_len(0x8000_0000);
+}
+
+/// A data frame's bytes: the header with its top bit set, the stream id, the flags, the data.
+fn data_frame(stream: u64, flags: u8, data: &[u8]) -> Vec<u8> {
+    let mut out = ((9 + data.len()) as u32 | 0x8000_0000)
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.push(flags);
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn read_data_frame_between_messages() {
+    let mut bytes = framed(PING);
+    bytes.extend(data_frame(3, 0x01, b"hello"));
+    bytes.extend(framed(PONG));
+    let mut codec = FrameCodec::new();
+    let mut src = BytesMut::from(&bytes[..]);
+    assert_eq!(
+        codec.decode(&mut src).unwrap().unwrap().frame().bytes(),
+        PING
+    );
+    let Some(Incoming::Data(data)) = codec.decode(&mut src).unwrap() else {
+        panic!("expected a data frame");
+    };
+    assert_eq!(data.stream, 3);
+    assert_eq!(data.flags, DataFlags::END);
+    assert!(data.flags.contains(DataFlags::END) && !data.flags.contains(DataFlags::TEXT));
+    assert_eq!(&data.data[..], b"hello");
+    assert_eq!(
+        codec.decode(&mut src).unwrap().unwrap().frame().bytes(),
+        PONG
+    );
+    assert!(src.is_empty());
+}
+
+#[test]
+fn read_data_frame_split_at_every_position() {
+    let bytes = data_frame(u64::MAX, 0x06, &[0, 1, 2, 255]);
+    for cut in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(cut);
+        let mut codec = FrameCodec::new();
+        let mut src = BytesMut::new();
+        src.extend_from_slice(a);
+        let first = codec.decode(&mut src).unwrap();
+        src.extend_from_slice(b);
+        let item = first.or_else(|| codec.decode(&mut src).unwrap());
+        let Some(Incoming::Data(data)) = item else {
+            panic!("cut at {cut}: no data frame");
+        };
+        assert_eq!(
+            (data.stream, data.flags, &data.data[..]),
+            (
+                u64::MAX,
+                DataFlags::TEXT | DataFlags::MORE,
+                &[0u8, 1, 2, 255][..]
+            ),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn read_empty_data_frame_ends_a_stream() {
+    let mut src = BytesMut::from(&data_frame(9, 0x01, b"")[..]);
+    let Some(Incoming::Data(data)) = FrameCodec::new().decode(&mut src).unwrap() else {
+        panic!("expected a data frame");
+    };
+    assert!(data.data.is_empty() && data.flags.contains(DataFlags::END));
+}
+
+#[test]
+fn read_data_frame_does_not_copy_the_buffer() {
+    let mut src = BytesMut::from(&data_frame(1, 0, b"payload")[..]);
+    let data_ptr = src[13..].as_ptr();
+    let Some(Incoming::Data(data)) = FrameCodec::new().decode(&mut src).unwrap() else {
+        panic!("expected a data frame");
+    };
+    assert_eq!(data.data.as_ptr(), data_ptr);
+}
+
+#[test]
+fn read_data_frame_shorter_than_its_prefix_is_fatal() {
+    for len in 0..9u32 {
+        let mut src = BytesMut::new();
+        src.put_u32(len | 0x8000_0000);
+        src.put_slice(&[0; 9]);
+        let err = FrameCodec::new().decode(&mut src).unwrap_err();
+        assert!(matches!(err, CodecError::ShortDataFrame { len: l } if l == len as usize));
+        assert!(err.is_fatal());
+    }
+}
+
+#[test]
+fn read_oversized_data_frame_is_refused_from_the_header_alone() {
+    let mut codec = FrameCodec::with_max_frame_len(64);
+    let mut src = BytesMut::new();
+    src.put_u32(65 | 0x8000_0000);
+    let err = codec.decode(&mut src).unwrap_err();
+    assert!(
+        matches!(err, CodecError::FrameTooLarge { len: 65, max: 64 }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn encode_data_frame_round_trips_and_matches_its_header() {
+    let mut codec = FrameCodec::new();
+    let frame = DataFrame::new(42, DataFlags::TEXT, &b"hi there"[..]);
+    let mut dst = BytesMut::new();
+    codec.encode(&frame, &mut dst).unwrap();
+    assert_eq!(&dst[..], &data_frame(42, 0x02, b"hi there")[..]);
+    let head = DataFrame::header(42, DataFlags::TEXT, 8, DEFAULT_MAX_FRAME_LEN).unwrap();
+    assert_eq!(&dst[..DATA_HEADER_LEN], &head);
+    assert_eq!(codec.decode(&mut dst).unwrap(), Some(Incoming::Data(frame)));
+}
+
+#[test]
+fn encode_data_frame_over_the_limit_is_refused() {
+    let mut codec = FrameCodec::with_max_frame_len(16);
+    let mut dst = BytesMut::new();
+    let err = codec
+        .encode(DataFrame::new(1, DataFlags::NONE, vec![0u8; 8]), &mut dst)
+        .unwrap_err();
+    assert!(
+        matches!(err, CodecError::FrameTooLarge { len: 17, max: 16 }),
+        "{err:?}"
+    );
+    assert!(dst.is_empty());
 }
 
 #[test]
 fn limit_is_reported() {
-    assert_eq!(JsonCodec::new().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
-    assert_eq!(JsonCodec::default().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
-    assert_eq!(JsonCodec::with_max_frame_len(10).max_frame_len(), 10);
+    assert_eq!(FrameCodec::new().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
+    assert_eq!(FrameCodec::default().max_frame_len(), DEFAULT_MAX_FRAME_LEN);
+    assert_eq!(FrameCodec::with_max_frame_len(10).max_frame_len(), 10);
 }
 
 #[test]
@@ -560,8 +750,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 async fn framed_pipe_carries_every_variant_through_tiny_reads() {
     // A 7-byte pipe makes every frame arrive in several reads.
     let (a, b) = tokio::io::duplex(7);
-    let mut writer = FramedWrite::new(a, JsonCodec::new());
-    let mut reader = FramedRead::new(b, JsonCodec::new());
+    let mut writer = FramedWrite::new(a, FrameCodec::new());
+    let mut reader = FramedRead::new(b, FrameCodec::new());
     let sent = every_variant();
 
     let write = async {
@@ -576,7 +766,7 @@ async fn framed_pipe_carries_every_variant_through_tiny_reads() {
     let read = async {
         let mut got = Vec::new();
         while let Some(frame) = reader.next().await {
-            let frame = frame.expect("frame");
+            let frame = frame.expect("frame").frame();
             got.push(frame.message().expect("message").into_owned());
         }
         got
@@ -593,7 +783,7 @@ async fn framed_read_reports_a_frame_cut_short_by_eof() {
     let cut = framed(PING).len() + 10;
     // The pipe holds everything written, so the write completes before anyone reads.
     let (mut a, b) = tokio::io::duplex(bytes.len());
-    let mut reader = FramedRead::new(b, JsonCodec::new());
+    let mut reader = FramedRead::new(b, FrameCodec::new());
 
     let wait = async {
         a.write_all(&bytes[..cut]).await.unwrap();
@@ -602,7 +792,8 @@ async fn framed_read_reports_a_frame_cut_short_by_eof() {
             .next()
             .await
             .expect("first frame")
-            .expect("whole frame");
+            .expect("whole frame")
+            .frame();
         let second = reader.next().await.expect("an error for the cut frame");
         (first, second, reader.next().await)
     };
@@ -621,7 +812,7 @@ async fn framed_read_reports_a_frame_cut_short_by_eof() {
 async fn framed_read_refuses_an_oversized_frame_from_a_socket() {
     const MAX: usize = 64 * 1024;
     let (mut a, b) = tokio::net::UnixStream::pair().unwrap();
-    let mut reader = FramedRead::new(b, JsonCodec::with_max_frame_len(MAX));
+    let mut reader = FramedRead::new(b, FrameCodec::with_max_frame_len(MAX));
     a.write_all(&(MAX as u32 + 1).to_be_bytes()).await.unwrap();
     let got = tokio::time::timeout(IO_TIMEOUT, reader.next())
         .await
@@ -640,8 +831,8 @@ async fn framed_read_refuses_an_oversized_frame_from_a_socket() {
 #[tokio::test]
 async fn framed_unix_socket_carries_a_one_mib_body() {
     let (a, b) = tokio::net::UnixStream::pair().unwrap();
-    let mut writer = FramedWrite::new(a, JsonCodec::new());
-    let mut reader = FramedRead::new(b, JsonCodec::new());
+    let mut writer = FramedWrite::new(a, FrameCodec::new());
+    let mut reader = FramedRead::new(b, FrameCodec::new());
     let body = "lorem ipsum dolor sit amet ".repeat(40_000);
     let sent = Message::with_id(
         3,
@@ -652,13 +843,22 @@ async fn framed_unix_socket_carries_a_one_mib_body() {
             headers: vec![(s("content-type"), s("text/plain"))],
             body: Some(s(&body)),
             body_base64: None,
+            end_stream: None,
+            upgrade: None,
         }),
     );
 
     let write = async {
         writer.send(&sent).await.expect("send");
     };
-    let read = async { reader.next().await.expect("a frame").expect("frame") };
+    let read = async {
+        reader
+            .next()
+            .await
+            .expect("a frame")
+            .expect("frame")
+            .frame()
+    };
     let ((), frame) = tokio::time::timeout(IO_TIMEOUT, async { tokio::join!(write, read) })
         .await
         .expect("timed out waiting for the 1 MiB message");

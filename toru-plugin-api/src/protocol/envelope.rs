@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    Bundle, CowStr, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult, LogRecord,
-    Ready, RequestId,
+    Bundle, CowStr, Credit, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult,
+    LogRecord, Ready, RequestId, WsClose,
 };
 
 /// One protocol message: the envelope and its typed payload.
@@ -62,8 +62,14 @@ pub enum Payload<'a> {
     KvResult(KvResult<'a>),
     /// `log`, plugin to host, no reply.
     Log(LogRecord<'a>),
-    /// `error`, either way: the reply to a request that failed.
+    /// `error`, either way: the reply to a request that failed. In protocol 2 a plugin may also
+    /// send it after a response's head, to abort the stream.
     Error(ErrorReply<'a>),
+    /// `credit`, either way, protocol 2, no reply: more room on stream `request_id`.
+    Credit(Credit),
+    /// `ws_close`, either way, protocol 2, no reply: the WebSocket on stream `request_id` is
+    /// closed.
+    WsClose(WsClose<'a>),
     /// A `type` this crate does not know; the receiver answers a request of this kind with an
     /// `error` of code `unknown_type`.
     Unknown(CowStr<'a>),
@@ -87,6 +93,8 @@ impl Payload<'_> {
             Payload::KvResult(_) => "kv_result",
             Payload::Log(_) => "log",
             Payload::Error(_) => "error",
+            Payload::Credit(_) => "credit",
+            Payload::WsClose(_) => "ws_close",
             Payload::Unknown(name) => name,
         }
     }
@@ -132,12 +140,15 @@ impl Payload<'_> {
                 headers: own_headers(r.headers),
                 body: own_opt(r.body),
                 body_base64: own_opt(r.body_base64),
+                end_stream: r.end_stream,
+                upgrade: own_opt(r.upgrade),
             }),
             Payload::HttpResponse(r) => Payload::HttpResponse(HttpResponse {
                 status: r.status,
                 headers: own_headers(r.headers),
                 body: own_opt(r.body),
                 body_base64: own_opt(r.body_base64),
+                end_stream: r.end_stream,
             }),
             Payload::GetBundle => Payload::GetBundle,
             Payload::Bundle(b) => Payload::Bundle(Bundle {
@@ -177,6 +188,11 @@ impl Payload<'_> {
             Payload::Error(e) => Payload::Error(ErrorReply {
                 code: own(e.code),
                 message: own(e.message),
+            }),
+            Payload::Credit(c) => Payload::Credit(c),
+            Payload::WsClose(c) => Payload::WsClose(WsClose {
+                code: c.code,
+                reason: own(c.reason),
             }),
             Payload::Unknown(t) => Payload::Unknown(own(t)),
         }
@@ -257,6 +273,8 @@ impl Serialize for Message<'_> {
             Payload::KvResult(p) => map.serialize_entry("payload", p)?,
             Payload::Log(p) => map.serialize_entry("payload", p)?,
             Payload::Error(p) => map.serialize_entry("payload", p)?,
+            Payload::Credit(p) => map.serialize_entry("payload", p)?,
+            Payload::WsClose(p) => map.serialize_entry("payload", p)?,
             Payload::GetBundle
             | Payload::Ping
             | Payload::Pong
@@ -287,6 +305,8 @@ impl<'de> DeserializeSeed<'de> for PayloadSeed<'_, 'de> {
             "kv_result" => Payload::KvResult(KvResult::deserialize(d)?),
             "log" => Payload::Log(LogRecord::deserialize(d)?),
             "error" => Payload::Error(ErrorReply::deserialize(d)?),
+            "credit" => Payload::Credit(Credit::deserialize(d)?),
+            "ws_close" => Payload::WsClose(WsClose::deserialize(d)?),
             other => {
                 IgnoredAny::deserialize(d)?;
                 unit_payload(other).unwrap_or_else(|| Payload::Unknown(self.type_name.clone()))
@@ -407,6 +427,8 @@ fn is_known(type_name: &str) -> bool {
             | "kv_result"
             | "log"
             | "error"
+            | "credit"
+            | "ws_close"
     )
 }
 

@@ -21,14 +21,24 @@ pub use envelope::{Message, Payload, now_millis};
 pub use metadata::{MetadataError, PluginMetadata};
 pub use text::CowStr;
 
-/// The newest protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The newest protocol version this crate speaks: 2, which adds streams (data frames, `credit`,
+/// `ws_close`) to version 1.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest protocol version this crate still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// The default limit on one frame's JSON, in bytes (16 MiB), on both sides of a connection.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Protocol 2: the bytes of data a side may send on a new stream, in each direction, before the
+/// receiver grants more with `credit` (256 KiB). The receiver never holds more than this much
+/// unread data per stream.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The protocol version that brought streams; a connection that agreed on a lower version
+/// carries no data frames, `credit` or `ws_close`.
+pub const STREAMS_VERSION: u32 = 2;
 
 /// The environment variable that carries the socket path the plugin must listen on.
 pub const ENV_SOCKET_PATH: &str = "TORU_SOCKET_PATH";
@@ -144,6 +154,14 @@ pub struct HttpRequest<'a> {
     /// The body, base64 (standard alphabet, padded), when it is not valid UTF-8.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<CowStr<'a>>,
+    /// Protocol 2: `true` when the request has no body; `false` when the body follows in data
+    /// frames on this request's id, the last one flagged `END`. Absent in protocol 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_stream: Option<bool>,
+    /// Protocol 2: `"websocket"` when the client asks to upgrade the connection to a WebSocket.
+    /// The plugin accepts with status 101 or refuses with any other response.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<CowStr<'a>>,
 }
 
 /// `http_response` (plugin to host): the reply to `http_request`.
@@ -160,6 +178,31 @@ pub struct HttpResponse<'a> {
     /// The body, base64 (standard alphabet, padded), when it is not valid UTF-8.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<CowStr<'a>>,
+    /// Protocol 2: `true` when the response has no body; `false` when the body follows in data
+    /// frames on the request's id, the last one flagged `END` (for status 101, WebSocket
+    /// messages follow instead). Absent in protocol 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_stream: Option<bool>,
+}
+
+/// `credit` (either way, protocol 2, no reply): the sender has consumed `bytes` more bytes of a
+/// stream's data, so the other side may send that many more. `request_id` is the stream's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credit {
+    /// How many more data bytes the receiver of this message may send on the stream.
+    pub bytes: u32,
+}
+
+/// `ws_close` (either way, protocol 2, no reply): the WebSocket on stream `request_id` is
+/// closed; neither side sends more messages on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsClose<'a> {
+    /// The close code (RFC 6455 section 7.4: 1000 normal, 1001 going away, 1009 too big,
+    /// 1011 internal error, ...).
+    pub code: u16,
+    /// A short reason for people, at most 123 bytes of UTF-8; may be empty.
+    #[serde(borrow, default)]
+    pub reason: CowStr<'a>,
 }
 
 /// `bundle` (plugin to host): the reply to `get_bundle`, the plugin's frontend script.

@@ -280,6 +280,7 @@ impl Response {
                 .collect(),
             body,
             body_base64,
+            end_stream: None,
         }
     }
 }

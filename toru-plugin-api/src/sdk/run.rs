@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::error_chain;
 use super::plugin::ToruPlugin;
 use super::serve::serve;
-use crate::protocol::{ENV_SOCKET_PATH, PluginMetadata, VersionRange};
+use crate::protocol::{ENV_SOCKET_PATH, PluginMetadata};
 
 /// The exit code for a plugin started the wrong way (by hand, or with arguments it does not
 /// know).
@@ -69,7 +69,7 @@ fn mode(args: &[OsString], socket: Option<OsString>) -> Mode {
 /// in by the SDK.
 pub(crate) fn effective_metadata<P: ToruPlugin>(plugin: &P) -> PluginMetadata {
     let mut meta = plugin.metadata();
-    meta.protocol.get_or_insert(VersionRange::SUPPORTED);
+    meta.protocol.get_or_insert(super::serve::SDK_VERSIONS);
     meta.frontend |= plugin.bundle().is_some();
     meta.license_required |= plugin.license().is_some();
     meta

@@ -25,12 +25,15 @@ use super::http::{Request, Response};
 use super::in_flight::InFlight;
 use super::plugin::ToruPlugin;
 use super::writer::write_loop;
-use crate::codec::{CodecError, Frame, JsonCodec};
+use crate::codec::{CodecError, FrameCodec, Incoming};
 use crate::license::check_init;
 use crate::protocol::{
     Bundle, CowStr, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready, RequestId,
     VersionRange, error_code,
 };
+
+/// The protocol versions this SDK speaks. Streams (protocol 2) are not served yet.
+pub(crate) const SDK_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
 
 /// How long `shutdown` waits for requests in flight.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,7 +61,7 @@ pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), S
         route: meta.route,
         plugin: Arc::new(plugin),
         link: link.clone(),
-        frames: FramedRead::new(read, JsonCodec::new()),
+        frames: FramedRead::new(read, FrameCodec::new()),
         tasks: JoinSet::new(),
         in_flight: InFlight::default(),
         ctx: None,
@@ -96,7 +99,7 @@ struct Connection<P> {
     route: String,
     plugin: Arc<P>,
     link: Arc<Link>,
-    frames: FramedRead<OwnedReadHalf, JsonCodec>,
+    frames: FramedRead<OwnedReadHalf, FrameCodec>,
     /// Every handler task; `in_flight` finds them by request id.
     tasks: JoinSet<()>,
     in_flight: InFlight,
@@ -109,7 +112,7 @@ impl<P: ToruPlugin> Connection<P> {
         let Some((init, init_id)) = self.await_init().await? else {
             return Ok(());
         };
-        let plugin_range = VersionRange::SUPPORTED;
+        let plugin_range = SDK_VERSIONS;
         let Some(version) = plugin_range.negotiate(&init.protocol) else {
             let err = ServeError::UnsupportedVersion {
                 host: init.protocol,
@@ -185,8 +188,12 @@ impl<P: ToruPlugin> Connection<P> {
         &mut self,
     ) -> Result<Option<(Init<'static>, Option<RequestId>)>, ServeError> {
         loop {
-            let Some(frame) = self.frames.next().await.transpose()? else {
+            let Some(incoming) = self.frames.next().await.transpose()? else {
                 return Ok(None);
+            };
+            // No stream can exist before `init`; a stray data frame is dropped.
+            let Some(frame) = incoming.into_frame() else {
+                continue;
             };
             let msg = match frame.message() {
                 Ok(msg) => msg.into_owned(),
@@ -207,9 +214,14 @@ impl<P: ToruPlugin> Connection<P> {
         }
     }
 
-    fn on_item(&mut self, item: Option<Result<Frame, CodecError>>) -> Result<Flow, ServeError> {
-        let Some(frame) = item.transpose()? else {
+    fn on_item(&mut self, item: Option<Result<Incoming, CodecError>>) -> Result<Flow, ServeError> {
+        let Some(incoming) = item.transpose()? else {
             return Ok(Flow::Stop);
+        };
+        // This SDK agrees on protocol 1 only, which has no streams: a data frame is dropped.
+        let Some(frame) = incoming.into_frame() else {
+            tracing::debug!("ignored a data frame on a protocol 1 connection");
+            return Ok(Flow::Continue);
         };
         match frame.message() {
             Ok(msg) => Ok(self.on_message(msg, frame.bytes())),

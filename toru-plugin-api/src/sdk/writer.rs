@@ -8,15 +8,15 @@ use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 
 use super::context::Outgoing;
-use crate::codec::{CodecError, JsonCodec};
+use crate::codec::{CodecError, FrameCodec};
 use crate::protocol::{Message, error_code};
 
-type Sink = FramedWrite<OwnedWriteHalf, JsonCodec>;
+type Sink = FramedWrite<OwnedWriteHalf, FrameCodec>;
 
 /// Writes queued messages until `Close` (or until every sender is gone), batching what is
 /// queued into one flush. Returns when the connection is closed or broken.
 pub(crate) async fn write_loop(write: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut sink = FramedWrite::new(write, JsonCodec::new());
+    let mut sink = FramedWrite::new(write, FrameCodec::new());
     while let Some(mut item) = rx.recv().await {
         loop {
             match item {
@@ -91,14 +91,15 @@ mod tests {
                 headers: vec![],
                 body: Some(huge.into()),
                 body_base64: None,
+                end_stream: None,
             }),
         )))
         .unwrap();
         tx.send(Outgoing::Close).unwrap();
-        let mut frames = FramedRead::new(theirs, JsonCodec::new());
+        let mut frames = FramedRead::new(theirs, FrameCodec::new());
         let mut got = Vec::new();
         while let Some(frame) = frames.next().await {
-            let frame = frame.unwrap();
+            let frame = frame.unwrap().into_frame().unwrap();
             let msg = frame.message().unwrap().into_owned();
             got.push((
                 msg.request_id,

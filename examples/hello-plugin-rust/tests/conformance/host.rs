@@ -16,7 +16,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::codec::{Encoder as _, FramedRead};
-use toru_plugin_api::JsonCodec;
+use toru_plugin_api::FrameCodec;
 use toru_plugin_api::protocol::{
     ENV_SOCKET_PATH, ErrorReply, HttpRequest, Init, KvRequest, KvResult, LogRecord, Message,
     Payload, RequestId, VersionRange,
@@ -169,7 +169,7 @@ impl Plugin {
 
     pub(crate) fn send(&self, msg: &Message<'_>) {
         let mut buf = BytesMut::new();
-        JsonCodec::new().encode(msg, &mut buf).expect("encode");
+        FrameCodec::new().encode(msg, &mut buf).expect("encode");
         self.send_raw(&buf);
     }
 
@@ -234,6 +234,8 @@ impl Plugin {
                 .collect(),
             body: body.map(Into::into),
             body_base64: body_base64.map(Into::into),
+            end_stream: None,
+            upgrade: None,
         }))
     }
 
@@ -348,9 +350,12 @@ async fn read_loop(
     logs: mpsc::UnboundedSender<LogRecord<'static>>,
     kv: Arc<Mutex<KvState>>,
 ) {
-    let mut frames = FramedRead::new(read, JsonCodec::new());
+    let mut frames = FramedRead::new(read, FrameCodec::new());
     while let Some(frame) = frames.next().await {
         let msg = match frame.map_err(|e| e.to_string()).and_then(|f| {
+            let f = f
+                .into_frame()
+                .ok_or("the plugin sent a data frame on a protocol 1 connection")?;
             f.message()
                 .map(Message::into_owned)
                 .map_err(|e| format!("the plugin sent an invalid frame: {e}"))
@@ -365,7 +370,7 @@ async fn read_loop(
             Payload::Kv(req) => {
                 let reply = answer_kv(&kv, msg.request_id, req);
                 let mut buf = BytesMut::new();
-                JsonCodec::new().encode(&reply, &mut buf).expect("encode");
+                FrameCodec::new().encode(&reply, &mut buf).expect("encode");
                 let _ = out.send(Out::Bytes(buf));
             }
             Payload::Log(record) => {

@@ -86,7 +86,7 @@ impl ToruPlugin for TestPlugin {
 }
 
 struct Host {
-    frames: Framed<UnixStream, JsonCodec>,
+    frames: Framed<UnixStream, FrameCodec>,
     served: JoinHandle<Result<(), ServeError>>,
     gate: Arc<Semaphore>,
     dropped: mpsc::UnboundedReceiver<String>,
@@ -102,7 +102,7 @@ impl Host {
             dropped: tx,
         };
         Host {
-            frames: Framed::new(ours, JsonCodec::new()),
+            frames: Framed::new(ours, FrameCodec::new()),
             served: tokio::spawn(serve(plugin, theirs)),
             gate,
             dropped,
@@ -124,7 +124,10 @@ impl Host {
         let next = tokio::time::timeout(WAIT, self.frames.next())
             .await
             .expect("timed out waiting for a message from the plugin");
-        next.map(|frame| frame.unwrap().message().unwrap().into_owned())
+        next.map(|frame| {
+            let frame = frame.unwrap().into_frame().expect("a message frame");
+            frame.message().unwrap().into_owned()
+        })
     }
 
     async fn recv(&mut self) -> Message<'static> {
@@ -163,6 +166,8 @@ impl Host {
             headers: vec![],
             body: None,
             body_base64: None,
+            end_stream: None,
+            upgrade: None,
         };
         self.send(Message::with_id(id, Payload::HttpRequest(req)))
             .await;
@@ -227,7 +232,7 @@ async fn metadata_gets_protocol_and_frontend_from_the_sdk() {
         dropped: tx,
     };
     let meta = effective_metadata(&plugin);
-    assert_eq!(meta.protocol, Some(VersionRange::SUPPORTED));
+    assert_eq!(meta.protocol, Some(super::SDK_VERSIONS));
     assert!(meta.frontend);
 }
 
