@@ -30,6 +30,8 @@ const MESSAGE_TYPES: &[&str] = &[
     "kv_result",
     "log",
     "error",
+    "credit",
+    "ws_close",
 ];
 
 /// Every `kv` operation. The document must show each of them at least once.
