@@ -22,7 +22,7 @@ pub struct CheckStep {
 }
 
 /// What [`check_plugin`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CheckReport {
     /// The file checked.
     pub file: PathBuf,

@@ -138,9 +138,7 @@ pub(crate) async fn load(
         .map_err(|e| format!("--metadata did not print valid metadata JSON: {e}"))?;
     metadata.validate().map_err(|e| e.to_string())?;
     if let Some(range) = metadata.protocol
-        && crate::supervisor::HOST_VERSIONS
-            .negotiate(&range)
-            .is_none()
+        && crate::supervisor::HOST_VERSIONS.negotiate(&range).is_none()
     {
         return Err(format!(
             "it speaks protocol {range}; this host speaks {}",

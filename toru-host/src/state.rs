@@ -68,7 +68,7 @@ impl std::fmt::Display for PluginState {
 }
 
 /// A plugin as the host sees it: its file, metadata, whether it is enabled, and how it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PluginInfo {
     /// The plugin's id (for a plugin that failed to load: its file name).
     pub id: String,

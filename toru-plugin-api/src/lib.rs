@@ -34,6 +34,7 @@
 //!             protocol: None, // filled in by the SDK
 //!             frontend: false,
 //!             license_required: false,
+//!             ..Default::default()
 //!         }
 //!     }
 //!

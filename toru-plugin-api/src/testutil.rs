@@ -23,8 +23,9 @@ pub(crate) fn variant_index(p: &Payload<'_>) -> usize {
         Payload::Unknown(_) => 14,
         Payload::Credit(_) => 15,
         Payload::WsClose(_) => 16,
+        Payload::Settings(_) => 17,
     }
 }
 
 /// How many payload variants there are.
-pub(crate) const VARIANTS: usize = 17;
+pub(crate) const VARIANTS: usize = 18;

@@ -32,6 +32,7 @@ const MESSAGE_TYPES: &[&str] = &[
     "error",
     "credit",
     "ws_close",
+    "settings",
 ];
 
 /// Every `kv` operation. The document must show each of them at least once.

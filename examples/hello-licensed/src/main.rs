@@ -57,6 +57,7 @@ impl ToruPlugin for HelloLicensed {
             protocol: None, // the SDK fills in the versions it speaks
             frontend: false,
             license_required: true, // the SDK would set it too, since license() is Some
+            ..Default::default()
         }
     }
 

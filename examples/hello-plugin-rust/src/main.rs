@@ -37,6 +37,7 @@ impl ToruPlugin for Hello {
             protocol: None,  // the SDK fills in the versions it speaks
             frontend: false, // the SDK sets it, since bundle() returns a script
             license_required: false,
+            ..Default::default()
         }
     }
 

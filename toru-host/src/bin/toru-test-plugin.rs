@@ -27,6 +27,7 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
         protocol: Some(VersionRange::SUPPORTED),
         frontend: false,
         license_required: false,
+        ..Default::default()
     };
     match mode {
         "no-metadata" => None,

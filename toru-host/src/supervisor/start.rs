@@ -106,8 +106,7 @@ pub(super) async fn handshake(
         }
         Ok(Reply::Ready(ready)) => StartFailure::Incompatible(format!(
             "it chose protocol {}, outside the offered {}",
-            ready.protocol_version,
-            HOST_VERSIONS
+            ready.protocol_version, HOST_VERSIONS
         )),
         Ok(Reply::Error { code, message }) if code == error_code::UNSUPPORTED_PROTOCOL_VERSION => {
             StartFailure::Incompatible(message)

@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
 use super::*;
 use crate::protocol::{
     Bundle, CowStr, Credit, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult,
-    Level, LogRecord, Payload, Ready, VersionRange, WsClose,
+    Level, LogRecord, Payload, Ready, SettingsUpdate, VersionRange, WsClose,
 };
 use crate::testutil::{VARIANTS, variant_index};
 
@@ -144,6 +144,9 @@ fn every_variant() -> Vec<Message<'static>> {
             end_stream: Some(false),
         }),
         Payload::Credit(Credit { bytes: 131_072 }),
+        Payload::Settings(SettingsUpdate {
+            settings: BTreeMap::from([("greeting".to_owned(), serde_json::json!("Howdy"))]),
+        }),
         Payload::WsClose(WsClose {
             code: 1000,
             reason: s("bye"),

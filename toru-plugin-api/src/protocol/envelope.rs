@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Bundle, CowStr, Credit, ErrorReply, HttpRequest, HttpResponse, Init, KvRequest, KvResult,
-    LogRecord, Ready, RequestId, WsClose,
+    LogRecord, Ready, RequestId, SettingsUpdate, WsClose,
 };
 
 /// One protocol message: the envelope and its typed payload.
@@ -56,6 +56,9 @@ pub enum Payload<'a> {
     Cancel,
     /// `shutdown`, host to plugin, no reply: finish in-flight requests, close the socket, exit 0.
     Shutdown,
+    /// `settings`, host to plugin, no reply: the plugin's settings changed (sent only to a plugin
+    /// whose metadata says `live_settings`).
+    Settings(SettingsUpdate),
     /// `kv`, plugin to host, answered by `kv_result` or `error`.
     Kv(KvRequest<'a>),
     /// `kv_result`, host to plugin.
@@ -89,6 +92,7 @@ impl Payload<'_> {
             Payload::Pong => "pong",
             Payload::Cancel => "cancel",
             Payload::Shutdown => "shutdown",
+            Payload::Settings(_) => "settings",
             Payload::Kv(_) => "kv",
             Payload::KvResult(_) => "kv_result",
             Payload::Log(_) => "log",
@@ -158,6 +162,7 @@ impl Payload<'_> {
             Payload::Pong => Payload::Pong,
             Payload::Cancel => Payload::Cancel,
             Payload::Shutdown => Payload::Shutdown,
+            Payload::Settings(s) => Payload::Settings(s),
             Payload::Kv(k) => Payload::Kv(match k {
                 KvRequest::Get { key } => KvRequest::Get { key: own(key) },
                 KvRequest::Set { key, value } => KvRequest::Set {
@@ -274,6 +279,7 @@ impl Serialize for Message<'_> {
             Payload::Log(p) => map.serialize_entry("payload", p)?,
             Payload::Error(p) => map.serialize_entry("payload", p)?,
             Payload::Credit(p) => map.serialize_entry("payload", p)?,
+            Payload::Settings(p) => map.serialize_entry("payload", p)?,
             Payload::WsClose(p) => map.serialize_entry("payload", p)?,
             Payload::GetBundle
             | Payload::Ping
@@ -306,6 +312,7 @@ impl<'de> DeserializeSeed<'de> for PayloadSeed<'_, 'de> {
             "log" => Payload::Log(LogRecord::deserialize(d)?),
             "error" => Payload::Error(ErrorReply::deserialize(d)?),
             "credit" => Payload::Credit(Credit::deserialize(d)?),
+            "settings" => Payload::Settings(SettingsUpdate::deserialize(d)?),
             "ws_close" => Payload::WsClose(WsClose::deserialize(d)?),
             other => {
                 IgnoredAny::deserialize(d)?;
@@ -429,6 +436,7 @@ fn is_known(type_name: &str) -> bool {
             | "error"
             | "credit"
             | "ws_close"
+            | "settings"
     )
 }
 

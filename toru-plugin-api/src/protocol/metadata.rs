@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use super::VersionRange;
+use super::{MAX_SETTINGS, SettingError, SettingSpec, VersionRange};
 
 /// What `plugin --metadata` prints: one JSON object on stdout.
 ///
@@ -8,7 +8,7 @@ use super::VersionRange;
 /// {"id": "hello-rust", "name": "Hello (Rust)", "version": "0.1.0", "author": "Toru",
 ///  "description": "Greets, counts and echoes", "icon": "👋", "route": "/hello-rust"}
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginMetadata {
     /// The plugin's id: 1 to 63 characters of `a-z`, `0-9` and `-`, starting with a letter or
     /// digit. It names the plugin's KV namespace, log file and API paths.
@@ -39,6 +39,13 @@ pub struct PluginMetadata {
     /// Whether the plugin needs a license key in its settings to start.
     #[serde(default)]
     pub license_required: bool,
+    /// The settings the plugin takes, in the order a form shows them (see [`SettingSpec`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<SettingSpec>,
+    /// Whether the plugin applies changed settings while it runs (it handles the `settings`
+    /// message); when `false`, the host restarts it to apply them.
+    #[serde(default)]
+    pub live_settings: bool,
 }
 
 /// Why metadata is not acceptable.
@@ -58,6 +65,9 @@ pub enum MetadataError {
     /// A required text field is empty.
     #[error("metadata field {0:?} is empty")]
     Empty(&'static str),
+    /// A setting's declaration breaks a rule, or a name is declared twice, or there are too many.
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     /// A field is longer than the host accepts.
     #[error("metadata field {field:?} is {len} bytes long; the limit is {max}")]
     TooLong {
@@ -112,6 +122,23 @@ impl PluginMetadata {
         if self.version.trim().is_empty() {
             return Err(MetadataError::Empty("version"));
         }
+        if self.settings.len() > MAX_SETTINGS {
+            return Err(MetadataError::TooLong {
+                field: "settings",
+                len: self.settings.len(),
+                max: MAX_SETTINGS,
+            });
+        }
+        for (i, setting) in self.settings.iter().enumerate() {
+            setting.validate()?;
+            if self.settings[..i].iter().any(|s| s.name == setting.name) {
+                return Err(SettingError::Declaration {
+                    name: setting.name.clone(),
+                    why: "the name is declared twice".into(),
+                }
+                .into());
+            }
+        }
         Ok(())
     }
 }
@@ -132,6 +159,8 @@ mod tests {
             protocol: None,
             frontend: false,
             license_required: false,
+            settings: Vec::new(),
+            live_settings: false,
         }
     }
 

@@ -10,6 +10,7 @@
 
 mod envelope;
 mod metadata;
+mod settings;
 mod text;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use envelope::EnvelopeHead;
 pub use envelope::{Message, Payload, now_millis};
 pub use metadata::{MetadataError, PluginMetadata};
+pub use settings::{MAX_SETTINGS, MAX_TEXT_SETTING, SettingError, SettingKind, SettingSpec};
 pub use text::CowStr;
 
 /// The newest protocol version this crate speaks: 2, which adds streams (data frames, `credit`,
@@ -119,6 +121,16 @@ pub struct Init<'a> {
     #[serde(borrow)]
     pub log_path: CowStr<'a>,
     /// Per-plugin settings from the host's configuration (for example `license_key`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+/// `settings` (host to plugin, no reply): the plugin's settings changed. Sent only to a plugin
+/// whose metadata says `live_settings`; the others are restarted instead. The map is the whole
+/// of the plugin's settings, as in `init`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingsUpdate {
+    /// The settings, every one of them, by name.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
 }

@@ -71,6 +71,13 @@ fn every_variant() -> Vec<(Payload<'static>, &'static str, bool)> {
         ),
         (Payload::Credit(Credit { bytes: 4096 }), "credit", false),
         (
+            Payload::Settings(SettingsUpdate {
+                settings: Default::default(),
+            }),
+            "settings",
+            false,
+        ),
+        (
             Payload::WsClose(WsClose {
                 code: 1001,
                 reason: s("going away"),

@@ -44,6 +44,7 @@ impl ToruPlugin for TestPlugin {
             protocol: None,
             frontend: false,
             license_required: false,
+            ..Default::default()
         }
     }
 
