@@ -1,4 +1,5 @@
-//! One conformance suite, written once and run against both example plugins as real processes.
+//! One conformance suite, written once and run against every example plugin as real processes:
+//! the Rust one, the Python one on the Python SDK, and the protocol 1 Python one.
 //!
 //! The suite plays the host over a real Unix socket: it spawns the plugin with
 //! `TORU_SOCKET_PATH` pointing into a temp dir, connects, and checks the behaviour that
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use conformance::checks;
 use conformance::host::Target;
+use toru_plugin_api::protocol::VersionRange;
 
 fn rust() -> Target {
     Target {
@@ -22,9 +24,12 @@ fn rust() -> Target {
         name: "Hello (Rust)",
         icon: "🦀",
         greeting: "Hello from Rust!",
+        version: "0.1.0",
+        protocol: VersionRange { min: 1, max: 1 },
     }
 }
 
+/// The Python example, on the Python SDK (`toru_plugin.py` beside it).
 fn python() -> Target {
     Target {
         exe: PathBuf::from(concat!(
@@ -35,6 +40,24 @@ fn python() -> Target {
         name: "Hello (Python)",
         icon: "🐍",
         greeting: "Hello from Python!",
+        version: "0.2.0",
+        protocol: VersionRange { min: 1, max: 2 },
+    }
+}
+
+/// The protocol 1 plugin in Python's standard library only, kept as it was written.
+fn python_v1() -> Target {
+    Target {
+        exe: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hello-plugin-python-v1/hello-python-v1.binary"
+        )),
+        id: "hello-python-v1",
+        name: "Hello (Python, protocol 1)",
+        icon: "🐍",
+        greeting: "Hello from Python!",
+        version: "0.1.0",
+        protocol: VersionRange { min: 1, max: 1 },
     }
 }
 
@@ -56,7 +79,7 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests!(
-    [rust, python],
+    [rust, python, python_v1],
     [
         metadata,
         started_by_hand,
