@@ -20,6 +20,7 @@ WAIT = 10.0  # every wait ends after this long, with a message saying what was e
 DATA_BIT = 0x80000000
 END, TEXT, MORE = 0x01, 0x02, 0x04
 WINDOW = 256 * 1024
+CLOSED = {"type": "closed"}  # the "reply" to every request still open when the plugin closes
 HERE = os.path.dirname(os.path.abspath(__file__))
 SDK = os.path.dirname(HERE)
 REPO = os.path.dirname(os.path.dirname(SDK))
@@ -179,7 +180,15 @@ class FakeHost:
         return rid
 
     async def reply(self, rid, what=None):
-        return await within(what or f"the reply to request {rid}", self.replies[rid])
+        msg = await within(what or f"the reply to request {rid}", self.replies[rid])
+        if msg is CLOSED:
+            raise AssertionError(f"the plugin closed the connection before answering {rid}")
+        return msg
+
+    def answered(self, rid):
+        """Whether the plugin has answered request `rid` (so far)."""
+        future = self.replies[rid]
+        return future.done() and future.result() is not CLOSED
 
     async def init(self, low=1, high=2, settings=None, instance="inst-1"):
         rid = self.request("init", {
@@ -230,7 +239,7 @@ class FakeHost:
         return p["status"], headers, await self.body(rid)
 
     async def head(self, rid):
-        return await within(f"the response head of {rid}", self.replies[rid])
+        return await self.reply(rid, f"the response head of {rid}")
 
     async def chunk(self, rid):
         """The next (flags, data) frame of stream `rid`."""
@@ -274,7 +283,7 @@ class FakeHost:
                 self.closed.set_result(True)
             for future in self.replies.values():
                 if not future.done():
-                    future.set_exception(AssertionError("the plugin closed the connection"))
+                    future.set_result(CLOSED)
 
     def _on_data(self, sid, flags, data):
         st = self.streams[sid]
