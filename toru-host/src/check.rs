@@ -77,8 +77,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 ///
 /// The plugin runs in a private host with its own temporary folders; nothing of the caller's
 /// is touched. The file is copied there with the other files beside it that are not plugins
-/// (a Python or Node plugin on Toru's SDK imports the SDK module from its own folder; see
-/// [`copy_companions`] for the limits).
+/// (a Python or Node plugin on Toru's SDK imports the SDK module from its own folder): at most
+/// 64 files and 64 MiB.
 pub async fn check_plugin(file: &Path) -> CheckReport {
     let mut report = CheckReport {
         file: file.to_owned(),
