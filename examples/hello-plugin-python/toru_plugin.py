@@ -591,7 +591,8 @@ class ResponseWriter:
         if conn.protocol == 1:
             self._size += len(data)
             if self._size > V1_BODY_LIMIT:
-                raise StreamClosed("a version 1 response body is limited to 12 MiB")
+                raise ValueError("a response body over 12 MiB cannot be sent to a protocol 1 "
+                                 "host")
             self._buffer.append(data)
             return
         if not st.head_sent:
@@ -1707,8 +1708,9 @@ class _Connection:
             if req is not None:
                 req.cancelled = True
             raise
-        except StreamClosed:
-            pass  # the client went away, or the stream was aborted: nothing to answer
+        except StreamClosed as e:
+            if not st.closed:  # a handler's own misuse (a write after close, say)
+                await self._failed(st, method, path, e)
         except (ConnectionError, OSError) as e:
             if not self.closing:
                 plugin.log.error(f"{method} {path}: the connection failed: {e!r}")

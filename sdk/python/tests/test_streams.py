@@ -266,6 +266,20 @@ class Responses(Case):
         self.assertLessEqual(sent, WINDOW)
         self.assertNoViolations(host)
 
+    async def test_a_writer_past_what_version_1_can_carry_is_a_plugin_error(self):
+        plugin = Plugin("w")
+
+        @plugin.get("/")
+        async def huge(req):
+            w = req.respond()
+            for _ in range(13):
+                await w.write(b"h" * (1024 * 1024))
+
+        host = await self.start(plugin, high=1)
+        reply = await host.head(host.http("GET", "/w/"))
+        self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "plugin_error"))
+        self.assertIn("12 MiB", reply["payload"]["message"])
+
     async def test_version_1_gets_the_same_responses_whole(self):
         host = await self.start(self.plugin(), high=1)
         for path, expected in {"/s/gen": b"one two three", "/s/writer": b"part 0\npart 1\npart 2\n",
