@@ -117,6 +117,18 @@ class Metadata(unittest.TestCase):
         with open(toru_plugin.__file__) as f:
             ast.parse(f.read(), feature_version=(3, 9))
 
+    def test_the_python_in_the_docs_parses(self):
+        import ast
+        import re
+        repo = os.path.dirname(os.path.dirname(SDK))
+        for doc in ("docs/plugin-guide.md", "sdk/python/README.md"):
+            with open(os.path.join(repo, doc)) as f:
+                blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+            self.assertTrue(blocks, doc)
+            for block in blocks:
+                with self.subTest(doc=doc, block=block[:60]):
+                    ast.parse(block, feature_version=(3, 9))
+
     def test_the_example_ships_the_same_module(self):
         example = os.path.join(os.path.dirname(os.path.dirname(SDK)),
                                "examples", "hello-plugin-python", "toru_plugin.py")
