@@ -42,9 +42,18 @@ async fn main() {
         .unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/hello-plugin-python/hello-plugin-python.binary");
-    std::fs::copy(script, plugins.join("hello-python.binary")).unwrap();
+    // The Python example is its script plus the SDK module beside it.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin-python");
+    std::fs::copy(
+        example.join("hello-plugin-python.binary"),
+        plugins.join("hello-python.binary"),
+    )
+    .unwrap();
+    std::fs::copy(
+        example.join("toru_plugin.py"),
+        plugins.join("toru_plugin.py"),
+    )
+    .unwrap();
     let host = PluginHost::builder()
         .plugin_dir(&plugins)
         .data_dir(dir.path().join("data"))

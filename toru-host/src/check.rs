@@ -76,8 +76,9 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// and exits with code 0 after `shutdown`.
 ///
 /// The plugin runs in a private host with its own temporary folders; nothing of the caller's
-/// is touched. The file is copied there, so a plugin that needs files beside it fails the
-/// start step.
+/// is touched. The file is copied there with the other files beside it that are not plugins
+/// (a Python or Node plugin on Toru's SDK imports the SDK module from its own folder): at most
+/// 64 files and 64 MiB.
 pub async fn check_plugin(file: &Path) -> CheckReport {
     let mut report = CheckReport {
         file: file.to_owned(),
@@ -95,7 +96,10 @@ pub async fn check_plugin(file: &Path) -> CheckReport {
     let copy = plugins.join("plugin.binary");
     let copied = std::fs::create_dir_all(&plugins)
         .and_then(|_| std::fs::copy(file, &copy))
-        .map(|bytes| format!("{bytes} bytes"))
+        .map(|bytes| match copy_companions(file, &plugins) {
+            0 => format!("{bytes} bytes"),
+            n => format!("{bytes} bytes, with {n} files beside it"),
+        })
         .map_err(|e| format!("cannot read {}: {e}", file.display()));
     if !report.step("file", copied) {
         return report;
@@ -126,6 +130,36 @@ pub async fn check_plugin(file: &Path) -> CheckReport {
     run_steps(&host, &mut report, &mut events).await;
     host.shutdown().await;
     report
+}
+
+/// The most files, and bytes in all, copied from beside the checked file.
+const COMPANION_FILES: usize = 64;
+const COMPANION_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Copies the regular files beside `file` that are neither plugins (`*.binary`) nor hidden into
+/// `into`, as they sit in the plugins folder where the plugin really runs; stops at
+/// [`COMPANION_FILES`] files or [`COMPANION_BYTES`] bytes. Returns how many were copied.
+fn copy_companions(file: &Path, into: &Path) -> usize {
+    let Some(Ok(entries)) = file.parent().map(std::fs::read_dir) else {
+        return 0;
+    };
+    let (mut files, mut bytes) = (0, 0);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        let Ok(meta) = entry.metadata() else { continue };
+        if text.starts_with('.') || text.ends_with(".binary") || !meta.is_file() {
+            continue;
+        }
+        if files == COMPANION_FILES || bytes + meta.len() > COMPANION_BYTES {
+            break;
+        }
+        if std::fs::copy(entry.path(), into.join(&name)).is_ok() {
+            files += 1;
+            bytes += meta.len();
+        }
+    }
+    files
 }
 
 async fn run_steps(

@@ -12,6 +12,8 @@ use crate::serve::{Extras, serve};
 
 const RUST_PACKAGE: &str = "hello-plugin-rust";
 const PYTHON_PLUGIN: &str = "examples/hello-plugin-python/hello-plugin-python.binary";
+/// The Python SDK, which the Python example imports from its own folder.
+const PYTHON_SDK: &str = "examples/hello-plugin-python/toru_plugin.py";
 
 pub(crate) async fn demo(mut args: ServerArgs) -> anyhow::Result<()> {
     let root = workspace_root()?;
@@ -32,6 +34,7 @@ pub(crate) async fn demo(mut args: ServerArgs) -> anyhow::Result<()> {
         &root.join(PYTHON_PLUGIN),
         &plugins.join("hello-python.binary"),
     )?;
+    install(&root.join(PYTHON_SDK), &plugins.join("toru_plugin.py"))?;
     println!(
         "installed hello-rust and hello-python in {}",
         plugins.display()

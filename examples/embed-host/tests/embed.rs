@@ -26,9 +26,18 @@ fn embeds_both_examples_forwards_reads_kv_and_shuts_down() {
         plugins.join("hello-rust.binary"),
     )
     .unwrap();
-    let python = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../hello-plugin-python/hello-plugin-python.binary");
-    std::fs::copy(python, plugins.join("hello-python.binary")).unwrap();
+    // The Python example is its script plus the SDK module beside it.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hello-plugin-python");
+    std::fs::copy(
+        python.join("hello-plugin-python.binary"),
+        plugins.join("hello-python.binary"),
+    )
+    .unwrap();
+    std::fs::copy(
+        python.join("toru_plugin.py"),
+        plugins.join("toru_plugin.py"),
+    )
+    .unwrap();
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_embed-host"))
         .arg(&plugins)

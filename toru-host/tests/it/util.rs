@@ -79,11 +79,14 @@ impl Env {
         self.install_file("hello-rust.binary", &std::fs::read(bin).unwrap())
     }
 
-    /// Installs the Python example plugin as `hello-python.binary`.
+    /// Installs the Python example plugin as `hello-python.binary`, with the Python SDK
+    /// (`toru_plugin.py`) it imports beside it.
     pub fn install_python_example(&self) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/hello-plugin-python/hello-plugin-python.binary");
-        self.install_file("hello-python.binary", &std::fs::read(src).unwrap())
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello-plugin-python");
+        let sdk = std::fs::read(example.join("toru_plugin.py")).unwrap();
+        self.install_file("toru_plugin.py", &sdk);
+        let script = std::fs::read(example.join("hello-plugin-python.binary")).unwrap();
+        self.install_file("hello-python.binary", &script)
     }
 }
 

@@ -37,6 +37,12 @@ impl Server {
         let python = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples/hello-plugin-python/hello-plugin-python.binary");
         install(&python, &plugins.join("hello-plugin-python.binary"));
+        // The example imports the Python SDK from its own folder (the variants below too).
+        std::fs::copy(
+            python.with_file_name("toru_plugin.py"),
+            plugins.join("toru_plugin.py"),
+        )
+        .unwrap();
         let mut enabled = serde_json::Map::new();
         for id in ["hello-rust", "hello-python"] {
             enabled.insert(id.into(), json!({"enabled": true}));

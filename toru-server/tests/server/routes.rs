@@ -1,14 +1,16 @@
 //! Spec "Plugin Routes": requests to `/plugins/<route>/*` reach the plugin with the full path,
-//! query and body, and the plugin's status, headers and body come back; for both examples.
+//! query and body, and the plugin's status, headers and body come back; for both examples and
+//! for the protocol 1 Python plugin (`examples/hello-plugin-python-v1`).
 
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::util::{Env, Server};
+use crate::util::{Env, Server, python_example};
 
-const EXAMPLES: [(&str, &str); 2] = [
+const EXAMPLES: [(&str, &str); 3] = [
     ("hello-rust", "Hello from Rust!"),
     ("hello-python", "Hello from Python!"),
+    ("hello-python-v1", "Hello from Python!"),
 ];
 
 /// Header names in an echo, whether the plugin lists pairs or an object.
@@ -38,8 +40,13 @@ pub(crate) fn echoed_header(echo: &Value, name: &str) -> Option<String> {
 async fn plugin_routes_forward_full_path_query_and_body_and_return_the_plugins_response() {
     let env = Env::new();
     env.install_examples();
+    let examples = python_example().parent().unwrap().join("..");
+    let v1 = examples.join("hello-plugin-python-v1/hello-python-v1.binary");
+    env.install_file("hello-python-v1.binary", &std::fs::read(v1).unwrap());
     let server = Server::start(&env, &[]).await;
-    server.wait_running(&["hello-rust", "hello-python"]).await;
+    server
+        .wait_running(&["hello-rust", "hello-python", "hello-python-v1"])
+        .await;
     let instance = server.json("/api/instance").await["instance_id"].clone();
 
     for (id, greeting) in EXAMPLES {

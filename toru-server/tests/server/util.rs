@@ -82,7 +82,11 @@ impl Env {
         self.install_file("hello-rust.binary", &std::fs::read(bin).unwrap())
     }
 
+    /// The Python example as `hello-python.binary`, with the Python SDK (`toru_plugin.py`) it
+    /// imports beside it.
     pub(crate) fn install_python_example(&self) -> PathBuf {
+        let sdk = python_example().with_file_name("toru_plugin.py");
+        self.install_file("toru_plugin.py", &std::fs::read(sdk).unwrap());
         self.install_file(
             "hello-python.binary",
             &std::fs::read(python_example()).unwrap(),

@@ -63,10 +63,10 @@ pub(crate) async fn metadata(t: &Target) {
     assert_eq!(meta.route, t.route());
     assert_eq!(meta.name, t.name);
     assert_eq!(meta.icon, t.icon);
-    assert_eq!(meta.version, "0.1.0");
+    assert_eq!(meta.version, t.version);
     assert_eq!(meta.author, "Toru");
     assert!(!meta.description.is_empty());
-    assert_eq!(meta.protocol, Some(VersionRange { min: 1, max: 1 }));
+    assert_eq!(meta.protocol, Some(t.protocol));
     assert!(meta.frontend);
     assert!(!meta.license_required);
 }
@@ -98,9 +98,10 @@ pub(crate) async fn started_by_hand(t: &Target) {
 pub(crate) async fn init_ready(t: &Target) {
     let mut plugin = Plugin::start(t).await;
     let reply = plugin.init(VersionRange { min: 1, max: 3 }).await;
+    let highest = t.protocol.max.min(3);
     assert!(
-        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == 1),
-        "expected ready with version 1, got {reply:?}"
+        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == highest),
+        "expected ready with version {highest}, got {reply:?}"
     );
     plugin.stderr_line("ready").await;
 }

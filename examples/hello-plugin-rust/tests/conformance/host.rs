@@ -40,6 +40,10 @@ pub(crate) struct Target {
     pub(crate) name: &'static str,
     pub(crate) icon: &'static str,
     pub(crate) greeting: &'static str,
+    /// The metadata's `version`.
+    pub(crate) version: &'static str,
+    /// The protocol versions the plugin says it speaks.
+    pub(crate) protocol: VersionRange,
 }
 
 impl Target {
