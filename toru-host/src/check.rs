@@ -147,7 +147,10 @@ fn copy_companions(file: &Path, into: &Path) -> usize {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let text = name.to_string_lossy();
-        let Ok(meta) = entry.metadata() else { continue };
+        // Follows links: an example's SDK module is a link to the SDK's file.
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
         if text.starts_with('.') || text.ends_with(".binary") || !meta.is_file() {
             continue;
         }

@@ -134,7 +134,7 @@ class Metadata(unittest.TestCase):
                                "examples", "hello-plugin-python", "toru_plugin.py")
         with open(example, "rb") as a, open(toru_plugin.__file__, "rb") as b:
             self.assertEqual(a.read(), b.read(), "examples/hello-plugin-python/toru_plugin.py "
-                             "differs from sdk/python/toru_plugin.py: copy it over")
+                             "differs from sdk/python/toru_plugin.py: it should be a link to it")
 
 
 class StartUp(Case):
