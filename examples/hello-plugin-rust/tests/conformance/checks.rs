@@ -66,7 +66,10 @@ pub(crate) async fn metadata(t: &Target) {
     assert_eq!(meta.version, "0.1.0");
     assert_eq!(meta.author, "Toru");
     assert!(!meta.description.is_empty());
-    assert_eq!(meta.protocol, Some(VersionRange { min: 1, max: 1 }));
+    let protocol = meta
+        .protocol
+        .expect("the examples state their protocol versions");
+    assert_eq!(protocol.min, 1, "every example still speaks protocol 1");
     assert!(meta.frontend);
     assert!(!meta.license_required);
 }
@@ -95,12 +98,24 @@ pub(crate) async fn started_by_hand(t: &Target) {
     }
 }
 
+/// The plugin's own version range, from `--metadata`.
+async fn declared_protocol(t: &Target) -> VersionRange {
+    let out = within("--metadata", t.command().arg("--metadata").output())
+        .await
+        .expect("run --metadata");
+    let meta: PluginMetadata = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    meta.protocol
+        .expect("the examples state their protocol versions")
+}
+
 pub(crate) async fn init_ready(t: &Target) {
+    // The highest version both speak: the plugin's own maximum when the host offers more.
+    let expected = declared_protocol(t).await.max.min(3);
     let mut plugin = Plugin::start(t).await;
     let reply = plugin.init(VersionRange { min: 1, max: 3 }).await;
     assert!(
-        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == 1),
-        "expected ready with version 1, got {reply:?}"
+        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == expected),
+        "expected ready with version {expected}, got {reply:?}"
     );
     plugin.stderr_line("ready").await;
 }
