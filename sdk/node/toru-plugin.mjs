@@ -1821,7 +1821,7 @@ class Connection {
       if (ex.cancelled) return;
       await this.#respond(ex, toReply(result), head);
     } catch (e) {
-      this.#failed(ex, req, e);
+      await this.#failed(ex, req, e);
     }
   }
 
@@ -1839,17 +1839,17 @@ class Connection {
   }
 
   /** A handler failed: an HttpError or KvError is an HTTP answer; anything else `plugin_error`. */
-  #failed(ex, req, e) {
+  async #failed(ex, req, e) {
     if (ex.cancelled || (isAbort(e) && ex.finished)) return;
     const what = `${req.method} ${req.path}`;
     if (e instanceof HttpError && !ex.headSent) {
       if (e.status >= 500) this.plugin.log.error(`${what} failed: ${e.message}`);
-      this.#respond(ex, json(e.status, { error: e.message }, e.headers), false).catch(() => {});
+      await this.#respond(ex, json(e.status, { error: e.message }, e.headers), false).catch(() => {});
       return;
     }
     if (e instanceof KvError && !ex.headSent) {
       this.plugin.log.error(`${what} failed: ${e.message}`);
-      this.#respond(ex, json(500, { error: e.message }), false).catch(() => {});
+      await this.#respond(ex, json(500, { error: e.message }), false).catch(() => {});
       return;
     }
     this.plugin.log.error(`${what} failed`, e);
