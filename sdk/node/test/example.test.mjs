@@ -209,3 +209,19 @@ test("installed under a package.json (type module, or broken), the example still
     }
   }
 });
+
+test("without toru-plugin.mjs beside it, the example says so in one ERROR line and exits 1", async () => {
+  const dir = tempDir();
+  try {
+    const file = path.join(dir, "hello-node.binary");
+    fs.copyFileSync(EXAMPLE, file);
+    fs.chmodSync(file, 0o755);
+    const { code, stdout, stderr } = await runToEnd(file, ["--metadata"]);
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.match(stderr, /^ERROR hello-node cannot start: Cannot find module .*toru-plugin\.mjs.*\n$/);
+    assert.equal(stderr.trim().split("\n").length, 1);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
