@@ -55,6 +55,8 @@ const LEVELS = ["trace", "debug", "info", "warn", "error"];
 const MAX_LOG_BYTES = 64 * 1024;
 const MAX_ERROR_BYTES = 4096;
 const REPLY_TYPES = new Set(["ready", "http_response", "bundle", "pong", "kv_result", "error"]);
+// Notices: never answered, even when they carry an id (a stream's, or a fresh one).
+const NOTICE_TYPES = new Set(["cancel", "shutdown", "settings", "credit", "ws_close", "log"]);
 const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
 const SETTING_NAME = /^[a-z][a-z0-9_]{0,63}$/;
 const SETTING_TYPES = new Set(["string", "number", "boolean", "choice", "secret"]);
@@ -851,6 +853,11 @@ export class Plugin {
       );
       return exit(EXIT_USAGE);
     }
+    const problem = metadataProblem(this.#meta);
+    if (problem) {
+      stderrLine("error", `${id}: the plugin's metadata is not valid: ${problem}`);
+      return exit(1);
+    }
     const hostId = process.env[ENV_PLUGIN_ID];
     if (hostId && hostId !== id) stderrLine("warn", `the host calls this plugin ${JSON.stringify(hostId)}; its id is ${JSON.stringify(id)}`);
     process.on("uncaughtException", (e) => {
@@ -905,6 +912,7 @@ function acceptOne(path) {
     const server = net.createServer({ pauseOnConnect: true });
     server.once("error", reject);
     server.once("connection", (socket) => {
+      server.on("connection", (other) => other.destroy()); // one host, one connection
       server.close();
       fs.rm(path, { force: true }, () => {});
       resolve(socket);
@@ -1017,7 +1025,7 @@ class Log {
   write(level, message, error) {
     const lvl = LEVELS.includes(level) ? level : "info";
     const text = truncate(message, MAX_LOG_BYTES);
-    const err = error === undefined ? undefined : truncate(error?.stack ?? error?.message ?? error, MAX_LOG_BYTES);
+    const err = error === undefined || error === null ? undefined : truncate(error.stack ?? error.message ?? error, MAX_LOG_BYTES);
     const conn = this.#plugin[INTERNAL].conn;
     if (conn?.canLog) {
       const payload = { level: lvl, message: text };
@@ -1397,7 +1405,7 @@ export class WebSocket {
     await this.accept();
     if (this.isClosed) return;
     await this.#ex.flushed(); // after the messages already queued
-    if (this.isClosed) return;
+    if (this.isClosed || this.#ex.finished) return;
     this.#conn.send("ws_close", this.#ex.id, { code, reason: truncate(reason, 123) });
     this.#setClosed(code, String(reason));
     this.#ex.finish();
@@ -1634,7 +1642,7 @@ class Connection {
     const problem = payloadProblem(type, payload);
     if (problem) {
       if (REPLY_TYPES.has(type)) this.#failPending(id, new KvError("internal", `the host's ${type} is not valid: ${problem}`));
-      else if (id !== null && !["cancel", "credit", "ws_close", "settings", "shutdown"].includes(type)) this.#sendError(id, "bad_request", problem);
+      else if (id !== null && !NOTICE_TYPES.has(type)) this.#sendError(id, "bad_request", problem);
       else this.plugin.log.error(`ignoring a ${type} message that is not valid: ${problem}`);
       return;
     }
@@ -1646,7 +1654,7 @@ class Connection {
     if (type === "init") {
       if (id === null) this.#sendError(null, "bad_request", "init has no request_id");
       else this.#onInit(id, payload).catch((e) => this.#fatal(e));
-    } else if (id !== null && !REPLY_TYPES.has(type)) {
+    } else if (id !== null && !REPLY_TYPES.has(type) && !NOTICE_TYPES.has(type)) {
       this.#sendError(id, "bad_request", `expected init first, got ${JSON.stringify(type)}`);
     }
   }
@@ -1668,8 +1676,13 @@ class Connection {
         if (this.#shuttingDown) return this.#sendError(id, "shutting_down", `${this.#id} is shutting down`);
         if (!ready) return this.#sendError(id, "bad_request", `${this.#id} is not ready yet`);
         return type === "get_bundle" ? this.#onGetBundle(id) : this.#onHttpRequest(id, p);
-      case "cancel":
-        return this.#exchanges.get(id)?.cancel("cancelled by the host");
+      case "cancel": {
+        // Forgotten at once: the request's slot and id are free for the next one.
+        const ex = this.#exchanges.get(id);
+        ex?.cancel("cancelled by the host");
+        this.#exchanges.delete(id);
+        return;
+      }
       case "shutdown":
         return this.#beginShutdown();
       case "settings":
@@ -1817,7 +1830,8 @@ class Connection {
         return await this.#respond(ex, json(405, { error: "method not allowed" }, [["allow", found.allowed.join(", ")]]), head);
       }
       if (found.route.kind === "ws") return await this.#handleWs(ex, req, found.route.handler);
-      const result = await found.route.handler(req);
+      // A handler that ignores its signal must not hold the request's slot after a cancel.
+      const result = await unlessAborted(Promise.resolve(found.route.handler(req)), ex.signal);
       if (ex.cancelled) return;
       await this.#respond(ex, toReply(result), head);
     } catch (e) {
@@ -1832,7 +1846,7 @@ class Connection {
     }
     const ws = new WebSocket(ex, this, req);
     ex.ws = ws;
-    const result = await handler(ws, req);
+    const result = await unlessAborted(Promise.resolve(handler(ws, req)), ex.signal);
     if (ex.cancelled) return;
     if (!ws.accepted && result instanceof Reply) return this.#respond(ex, result, false);
     if (!ws.isClosed) await ws.close(1000, "");
@@ -1871,6 +1885,8 @@ class Connection {
     const isWhole = body === null || isString(body) || ArrayBuffer.isView(body) || body instanceof ArrayBuffer;
     const whole = isWhole ? (body === null ? Buffer.alloc(0) : toBuffer(body)) : null;
     const empty = headOnly || (whole !== null && whole.length === 0);
+    await this.writable();
+    if (ex.finished) return;
     ex.headSent = true;
     this.send("http_response", ex.id, { status, headers: r.headers, end_stream: empty });
     if (empty) {
@@ -1902,6 +1918,7 @@ class Connection {
       await pump(body, out, ex.signal);
       bytes = out.collected();
     }
+    await this.writable();
     if (ex.finished) return;
     const headers = r.headers.filter(([n]) => n !== "content-length" && n !== "transfer-encoding");
     const payload = { status, headers };

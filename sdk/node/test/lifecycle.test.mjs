@@ -237,6 +237,26 @@ test("more requests in flight than maxInFlight are answered 503", async () => {
   });
 });
 
+test("a cancelled handler that ignores its signal gives its slot back", async () => {
+  const file = install(
+    dir,
+    "stubborn",
+    pluginSource(`plugin.get("/hang", () => new Promise(() => {}));
+  plugin.get("/", () => "ok");`).replace(
+      'new Plugin({"id":"t","name":"Test","version":"1.0.0"})',
+      'new Plugin({"id":"t","name":"Test","version":"1.0.0"}, { maxInFlight: 1 })',
+    ),
+  );
+  await withPlugin(file, {}, async (host) => {
+    for (let i = 0; i < 3; i++) {
+      const hung = host.http("GET", "/t/hang");
+      host.send("cancel", hung);
+      const { head, body } = await host.response(host.http("GET", "/t/"));
+      assert.deepEqual([head.payload.status, body.toString()], [200, "ok"]);
+    }
+  });
+});
+
 test("hostile input gets bad_request or is ignored, and the connection goes on", async () => {
   const file = plugin(`plugin.get("/", () => "ok");
   plugin.get("/hang", () => new Promise(() => {}));`);
@@ -280,10 +300,14 @@ test("hostile input gets bad_request or is ignored, and the connection goes on",
   });
 });
 
-test("before init: requests get bad_request, then init works", async () => {
+test("before init: requests get bad_request, notices and replies are ignored, then init works", async () => {
   const host = await Host.start(plugin(""));
   try {
+    host.send("cancel", 40);
+    host.send("credit", 41, { bytes: 10 });
+    host.send("ws_close", 42, { code: 1000 });
     assert.equal((await host.reply(host.request("ping"))).payload.code, "bad_request");
+    assert.deepEqual(host.items, [], "nothing answers a notice");
     host.send("kv_result", 1, {});
     assert.equal((await host.init({ min: 2, max: 2 })).payload.protocol_version, 2);
     assert.equal((await host.reply(host.request("init", {}))).payload.code, "bad_request", "a second init");
