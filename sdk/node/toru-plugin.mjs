@@ -1199,7 +1199,9 @@ class Exchange {
   onData(flags, data) {
     if (this.finished || !this.#inboundOpen) return;
     if (data.length > this.#recvWindow) {
-      this.conn.abortStream(this, "bad_request", `the host sent ${data.length} bytes on stream ${this.id} with ${this.#recvWindow} left in its window`);
+      const why = `the host sent ${data.length} bytes on stream ${this.id} with ${this.#recvWindow} left in its window`;
+      this.conn.plugin.log.error(`aborted a stream: ${why}`);
+      this.conn.abortStream(this, "bad_request", why);
       return;
     }
     this.#recvWindow -= data.length;
@@ -1594,6 +1596,12 @@ class Connection {
     wake?.();
   }
 
+  /** Answers `bad_request`, and logs it at error level: the host sent something it should not. */
+  #badRequest(id, why) {
+    this.plugin.log.error(`answered bad_request: ${why}`);
+    this.#sendError(id, "bad_request", why);
+  }
+
   #sendError(id, code, message) {
     this.send("error", id, { code, message: truncate(message, MAX_ERROR_BYTES) });
   }
@@ -1635,15 +1643,16 @@ class Connection {
       msg = parseMessage(body);
     } catch (e) {
       if (!(e instanceof BadMessage)) throw e;
-      this.#sendError(e.id, "bad_request", e.message);
+      this.#badRequest(e.id, e.message);
       return;
     }
     const { type, id, payload } = msg;
     const problem = payloadProblem(type, payload);
     if (problem) {
       if (REPLY_TYPES.has(type)) this.#failPending(id, new KvError("internal", `the host's ${type} is not valid: ${problem}`));
-      else if (id !== null && !NOTICE_TYPES.has(type)) this.#sendError(id, "bad_request", problem);
-      else this.plugin.log.error(`ignoring a ${type} message that is not valid: ${problem}`);
+      else if (id !== null && !NOTICE_TYPES.has(type)) {
+        this.#badRequest(id, problem);
+      } else this.plugin.log.error(`ignoring a ${type} message that is not valid: ${problem}`);
       return;
     }
     if (this.#phase === "awaiting-init") this.#beforeInit(type, id, payload);
@@ -1652,10 +1661,10 @@ class Connection {
 
   #beforeInit(type, id, payload) {
     if (type === "init") {
-      if (id === null) this.#sendError(null, "bad_request", "init has no request_id");
+      if (id === null) this.#badRequest(null, "init has no request_id");
       else this.#onInit(id, payload).catch((e) => this.#fatal(e));
     } else if (id !== null && !REPLY_TYPES.has(type) && !NOTICE_TYPES.has(type)) {
-      this.#sendError(id, "bad_request", `expected init first, got ${JSON.stringify(type)}`);
+      this.#badRequest(id, `expected init first, got ${JSON.stringify(type)}`);
     }
   }
 
@@ -1669,12 +1678,12 @@ class Connection {
       case "ping":
         return this.send("pong", id, {});
       case "init":
-        return this.#sendError(id, "bad_request", `${this.#id} is already initialised`);
+        return this.#badRequest(id, `${this.#id} is already initialised`);
       case "http_request":
       case "get_bundle":
-        if (id === null) return this.#sendError(null, "bad_request", `${type} has no request_id`);
+        if (id === null) return this.#badRequest(null, `${type} has no request_id`);
         if (this.#shuttingDown) return this.#sendError(id, "shutting_down", `${this.#id} is shutting down`);
-        if (!ready) return this.#sendError(id, "bad_request", `${this.#id} is not ready yet`);
+        if (!ready) return this.#badRequest(id, `${this.#id} is not ready yet`);
         return type === "get_bundle" ? this.#onGetBundle(id) : this.#onHttpRequest(id, p);
       case "cancel": {
         // Forgotten at once: the request's slot and id are free for the next one.
@@ -1693,7 +1702,7 @@ class Connection {
         return this.#exchanges.get(id)?.ws?.onClose(p.code, p.reason);
       case "kv":
       case "log":
-        if (id !== null) this.#sendError(id, "bad_request", `${type} is sent by plugins, not by the host`);
+        if (id !== null) this.#badRequest(id, `${type} is sent by plugins, not by the host`);
         return;
       default:
         if (REPLY_TYPES.has(type)) return; // a reply to nothing we asked: ignored
@@ -1799,7 +1808,7 @@ class Connection {
   }
 
   #onHttpRequest(id, p) {
-    if (this.#exchanges.has(id)) return this.#sendError(id, "bad_request", `http_request ${id} reuses an id that is in flight`);
+    if (this.#exchanges.has(id)) return this.#badRequest(id, `http_request ${id} reuses an id that is in flight`);
     const ex = new Exchange(this, id);
     if (isString(p.body)) ex.setWholeBody(Buffer.from(p.body, "utf8"));
     else if (isString(p.body_base64)) ex.setWholeBody(Buffer.from(p.body_base64, "base64"));

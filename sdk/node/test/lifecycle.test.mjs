@@ -277,6 +277,8 @@ test("hostile input gets bad_request or is ignored, and the connection goes on",
       const reply = await host.take(`bad_request for ${json}`, (m) => m.type === "error" && m.request_id === id);
       assert.equal(reply.payload.code, "bad_request", json);
     }
+    const logged = host.logs.filter((l) => l.level === "error" && l.message.startsWith("answered bad_request:"));
+    assert.equal(logged.length, bad.length, "each bad frame is logged at error level");
     host.sendRaw(frame('{"type":"frobnicate","request_id":10,"payload":{}}'));
     assert.equal((await host.reply(10)).payload.code, "unknown_type");
     host.sendRaw(Buffer.from([0, 0, 0, 2, 0xc3, 0x28])); // not UTF-8
