@@ -4,7 +4,9 @@
 //! The suite plays the host over a real Unix socket: it spawns the plugin with
 //! `TORU_SOCKET_PATH` pointing into a temp dir, connects, and checks the behaviour that
 //! `docs/protocol.md` asks of every plugin, plus the example plugins' routes. Each check is its
-//! own test per plugin: `rust::metadata`, `python::metadata`, and so on.
+//! own test per plugin: `rust::metadata`, `python::metadata`, `node::metadata`, and so on. The
+//! suite's host offers only protocol 1, so it also proves that plugins speaking 1..=2 serve a
+//! version 1 host.
 
 mod conformance {
     pub(crate) mod checks;
@@ -61,6 +63,22 @@ fn python_v1() -> Target {
     }
 }
 
+/// Runs as the plugins folder holds it: the `.binary` with `toru-plugin.mjs` beside it.
+fn node() -> Target {
+    Target {
+        exe: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../hello-plugin-node/hello-plugin-node.binary"
+        )),
+        id: "hello-node",
+        name: "Hello (Node)",
+        icon: "🟢",
+        greeting: "Hello from Node!",
+        version: "0.1.0",
+        protocol: VersionRange { min: 1, max: 2 },
+    }
+}
+
 /// For each plugin, a module with one `#[tokio::test]` per check.
 macro_rules! conformance_tests {
     ([$($plugin:ident),+ $(,)?], $checks:tt) => {
@@ -79,7 +97,7 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests!(
-    [rust, python, python_v1],
+    [rust, python, python_v1, node],
     [
         metadata,
         started_by_hand,

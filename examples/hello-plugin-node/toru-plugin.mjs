@@ -1,0 +1,1 @@
+../../sdk/node/toru-plugin.mjs
