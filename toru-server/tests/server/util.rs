@@ -92,7 +92,11 @@ impl Env {
     /// `toru-test-plugin <mode> <id>` as `<id>.binary` (route `/<id>`).
     pub(crate) fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
         let bin = workspace_binary("toru-host", "toru-test-plugin");
-        let script = format!("#!/bin/sh\nexec '{}' {mode} {id} \"$@\"\n", bin.display());
+        let script = format!(
+            "#!/bin/sh\nTORU_TEST_DIR='{}' exec '{}' {mode} {id} \"$@\"\n",
+            self.plugins().display(),
+            bin.display()
+        );
         self.install_file(&format!("{id}.binary"), script.as_bytes())
     }
 
