@@ -183,11 +183,11 @@ async fn set_limits(
     let info = state.host.get(&id).map_err(reject)?;
     let limits = LimitOverrides::from_json(&body).map_err(|e| {
         let mut error = ApiError::new(StatusCode::BAD_REQUEST, "bad_limits", e.to_string());
-        error.fields = Some(
+        error.fields = Some(Box::new(
             e.0.into_iter()
                 .map(|(field, message)| (field, serde_json::Value::String(message)))
                 .collect(),
-        );
+        ));
         error.reject()
     })?;
     if info.load_error.is_some() {

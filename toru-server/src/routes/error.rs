@@ -18,7 +18,7 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     pub(crate) retry_after: Option<Duration>,
     /// For a form's errors: each field's message.
-    pub(crate) fields: Option<serde_json::Map<String, serde_json::Value>>,
+    pub(crate) fields: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -99,7 +99,7 @@ impl ApiError {
     pub(crate) fn into_response(self) -> Response {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
         if let Some(fields) = self.fields {
-            body["error"]["fields"] = serde_json::Value::Object(fields);
+            body["error"]["fields"] = serde_json::Value::Object(*fields);
         }
         let mut response = warp::Reply::into_response(warp::reply::with_status(
             warp::reply::json(&body),
