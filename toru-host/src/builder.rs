@@ -167,7 +167,7 @@ impl PluginHostBuilder {
     }
 
     /// The limits of a plugin that has none of its own (default: 512 MiB of memory, 512
-    /// processes, 1024 open files, 1 core; see [`Limits`]).
+    /// processes, 1024 open files, no CPU quota; see [`Limits`]).
     pub fn default_limits(&mut self, limits: Limits) -> &mut Self {
         self.default_limits = limits;
         self

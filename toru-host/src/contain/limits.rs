@@ -8,7 +8,11 @@
 //! | `memory` | bytes, or a size with a 1024-based unit: `128MiB`, `128M`, `1.5 GiB` | 512 MiB |
 //! | `processes` | a count of processes and threads | 512 |
 //! | `open_files` | a count of open file descriptors per process | 1024 |
-//! | `cpu` | cores: `0.5`, `2`, or a percentage of one core: `50%` | 1 core |
+//! | `cpu` | cores: `0.5`, `2`, or a percentage of one core: `50%` | unlimited |
+//!
+//! CPU has no quota by default: the scheduler shares it, so a busy plugin slows the others
+//! without taking anything for good, while a quota throttles a plugin's bursts (a plugin that
+//! uses its 100 ms share early in a period waits out the rest), which shows as latency.
 //!
 //! and any of them as `"unlimited"`.
 
@@ -179,7 +183,7 @@ pub struct Limits {
     pub processes: Limit<u64>,
     /// Open file descriptors per process (default 1024).
     pub open_files: Limit<u64>,
-    /// CPU, as a quota of cores (default 1 core).
+    /// CPU, as a quota of cores (default: unlimited).
     pub cpu: Limit<Cores>,
 }
 
@@ -189,7 +193,7 @@ impl Default for Limits {
             memory: Limit::At(Bytes(512 << 20)),
             processes: Limit::At(512),
             open_files: Limit::At(1024),
-            cpu: Limit::At(Cores::from_millicores(1000)),
+            cpu: Limit::Unlimited,
         }
     }
 }
