@@ -42,6 +42,30 @@ impl Container {
         self.kind
     }
 
+    /// The containment and each limit with what enforces it, for the log: `cgroup-v1; memory
+    /// 512 MiB (cgroup), processes 512 (cgroup), open files 1024 (rlimit), cpu unlimited`.
+    pub(crate) fn describe(&self) -> String {
+        let by = |e: Enforcer| match e {
+            Enforcer::Cgroup => " (cgroup)",
+            Enforcer::Rlimit => " (rlimit)",
+            Enforcer::Nice => " (nice)",
+            _ => "",
+        };
+        let e = self.enforcement;
+        format!(
+            "{}; memory {}{}, processes {}{}, open files {}{}, cpu {}{}",
+            self.kind,
+            self.limits.memory,
+            by(e.memory),
+            self.limits.processes,
+            by(e.processes),
+            self.limits.open_files,
+            by(e.open_files),
+            self.limits.cpu,
+            by(e.cpu),
+        )
+    }
+
     /// What enforces each limit of this run.
     pub(crate) fn enforcement(&self) -> Enforcement {
         self.enforcement

@@ -206,7 +206,7 @@ async fn run_once(
         &format!(
             "started process {pid} from {} (containment: {})",
             file.display(),
-            container.kind()
+            container.describe()
         ),
     );
 

@@ -404,3 +404,58 @@ async fn a_bad_limit_in_config_is_an_error_naming_the_file() {
     assert!(text.contains("config.json"), "{text}");
     assert!(text.contains("memory: \"lots\" is not a size"), "{text}");
 }
+
+/// Gives the tree at `path` to `uid`.
+fn chown_all(path: &std::path::Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_all(&entry.unwrap().path(), uid);
+        }
+    }
+}
+
+/// A host run by an unprivileged user, who can write no cgroup, falls back to a PID namespace
+/// (in a user namespace of its own) or, where user namespaces are off, to the subreaper; its
+/// plugin's daemons still end with it, and it leaves nothing behind when killed.
+#[tokio::test]
+async fn an_unprivileged_host_contains_its_plugins_too() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: only root can start a host as another user");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let env = Env::new();
+    env.install_test_plugin("daemon", "demon");
+    chown_all(env.dir.path(), NOBODY);
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_toru-test-host"))
+        .arg(env.dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env("HOME", env.dir.path())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the unprivileged host did not get its plugin running")
+        .unwrap()
+        .expect("the unprivileged host exited early");
+    let mut words = line.strip_prefix("ready ").expect(&line).split(' ');
+    let chosen = words.next().unwrap();
+    eprintln!("an unprivileged host chose {chosen}");
+    assert!(
+        chosen == "pid-namespace" || chosen == "subreaper",
+        "no cgroup is writable for nobody: {line}"
+    );
+    let plugin: u32 = words.next().unwrap().parse().unwrap();
+    wait_gone(daemon_pid(&env, "demon.meta-daemon-pid")).await;
+    let daemon = daemon_pid(&env, "demon.daemon-pid");
+    assert!(alive(daemon));
+    host.start_kill().unwrap();
+    host.wait().await.unwrap();
+    wait_gone(plugin).await;
+    wait_gone(daemon).await;
+}
