@@ -34,6 +34,25 @@ pub(crate) struct Container {
     pub(super) pid: Mutex<Option<i32>>,
     /// Processes killed by the subreaper fallback, to be reaped once they are the host's.
     pub(super) killed: Mutex<HashSet<i32>>,
+    /// Whether [`Container::dispose`] ran; if not, dropping it still kills what is in it.
+    pub(super) disposed: bool,
+}
+
+/// A backstop for a run whose task ended without disposing of it (cancelled, or panicked):
+/// everything in it is killed at once, and its cgroup removed if it is already empty (else the
+/// next start removes it).
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.disposed {
+            return;
+        }
+        self.kill_all();
+        if let Some(cg) = &self.cgroup
+            && !cg.remove()
+        {
+            tracing::warn!(cgroup = ?cg, "a plugin run ended without its container; its cgroup is removed at the next start");
+        }
+    }
 }
 
 impl Container {
@@ -233,7 +252,7 @@ impl Container {
 
     /// Ends the run: kills whatever is left, waits for it to go, reaps what the host adopted,
     /// and removes the cgroup.
-    pub(crate) async fn dispose(self) {
+    pub(crate) async fn dispose(mut self) {
         self.kill_all();
         if let Some(cg) = &self.cgroup {
             cg.dispose(DISPOSE_TIMEOUT).await;
@@ -241,6 +260,7 @@ impl Container {
         if self.kind == Containment::Subreaper {
             self.reap_adopted().await;
         }
+        self.disposed = true;
     }
 
     /// Reaps the processes the subreaper fallback killed that are now the host's children, and

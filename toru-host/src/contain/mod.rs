@@ -310,6 +310,7 @@ impl Containers {
                 .then(|| format!("{}/{label}", self.token)),
             pid: Mutex::new(None),
             killed: Mutex::new(HashSet::new()),
+            disposed: false,
         })
     }
 
