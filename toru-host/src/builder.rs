@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use toru_plugin_api::protocol::DEFAULT_MAX_FRAME_LEN;
 
+use crate::contain::Containment;
+use crate::contain::limits::Limits;
 use crate::error::StartError;
 use crate::host::PluginHost;
 use crate::logs::LogConfig;
@@ -29,6 +31,8 @@ pub struct PluginHostBuilder {
     pub(crate) log_config: LogConfig,
     pub(crate) enable_new_plugins: bool,
     pub(crate) event_retention: Duration,
+    pub(crate) containment: Option<Containment>,
+    pub(crate) default_limits: Limits,
 }
 
 impl Default for PluginHostBuilder {
@@ -49,6 +53,8 @@ impl Default for PluginHostBuilder {
             log_config: LogConfig::default(),
             enable_new_plugins: true,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            containment: None,
+            default_limits: Limits::default(),
         }
     }
 }
@@ -148,6 +154,22 @@ impl PluginHostBuilder {
     /// How long lifecycle events are kept in the database (default 7 days).
     pub fn event_retention(&mut self, retention: Duration) -> &mut Self {
         self.event_retention = retention;
+        self
+    }
+
+    /// The first containment to try (default: the best this machine offers). The host falls
+    /// back down the list from there: cgroup v2, cgroup v1, PID namespace, subreaper. Asking
+    /// for [`Containment::CgroupV2`] takes a v2 cgroup even without controllers, where the
+    /// default prefers v1's limits.
+    pub fn containment(&mut self, first: Containment) -> &mut Self {
+        self.containment = Some(first);
+        self
+    }
+
+    /// The limits of a plugin that has none of its own (default: 512 MiB of memory, 512
+    /// processes, 1024 open files, no CPU quota; see [`Limits`]).
+    pub fn default_limits(&mut self, limits: Limits) -> &mut Self {
+        self.default_limits = limits;
         self
     }
 

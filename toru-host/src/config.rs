@@ -1,7 +1,8 @@
 //! `plugins/.metadata/config.json`: which plugins are enabled, and their settings.
 //!
 //! ```json
-//! {"version": 1, "plugins": {"hello-rust": {"enabled": true, "settings": {"license_key": "..."}}}}
+//! {"version": 1, "plugins": {"hello-rust": {"enabled": true, "settings": {"license_key": "..."},
+//!   "limits": {"memory": "128MiB", "cpu": "50%"}}}}
 //! ```
 //!
 //! Written atomically (a temp file in the same folder, fsync, rename, fsync of the folder). A file
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::contain::limits::LimitOverrides;
 use crate::error::ConfigError;
 
 /// One plugin's entry.
@@ -25,6 +27,9 @@ pub(crate) struct PluginConfig {
     /// Settings sent in `init`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) settings: BTreeMap<String, serde_json::Value>,
+    /// Limits of its own, replacing the host's defaults.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub(crate) limits: LimitOverrides,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -85,6 +90,17 @@ impl Config {
                 Some(v) => settings.insert(key.to_owned(), v),
                 None => settings.remove(key),
             };
+        })
+    }
+
+    /// Sets `id`'s own limits (empty: the host's defaults) and writes the file.
+    pub(crate) fn set_limits(
+        &mut self,
+        id: &str,
+        limits: LimitOverrides,
+    ) -> Result<(), ConfigError> {
+        self.update(|file| {
+            file.plugins.entry(id.to_owned()).or_default().limits = limits;
         })
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use toru_plugin_api::PluginMetadata;
 
+use crate::contain::Containers;
 use crate::process::clean_env;
 
 /// The most bytes of `--metadata` output read.
@@ -58,7 +59,11 @@ pub(crate) fn file_name(path: &Path) -> String {
 
 /// Scans `dir` (creating it when missing) and loads every `*.binary` file in name order. A
 /// later file whose id or route is already taken fails to load, naming the earlier one.
-pub(crate) async fn scan(dir: &Path, metadata_timeout: Duration) -> std::io::Result<Vec<Found>> {
+pub(crate) async fn scan(
+    dir: &Path,
+    metadata_timeout: Duration,
+    containers: &Containers,
+) -> std::io::Result<Vec<Found>> {
     std::fs::create_dir_all(dir)?;
     let canonical_dir = dir.canonicalize()?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -71,7 +76,7 @@ pub(crate) async fn scan(dir: &Path, metadata_timeout: Duration) -> std::io::Res
         let canonical_dir = canonical_dir.clone();
         async move {
             let fingerprint = fingerprint(&file);
-            let result = load(&file, &canonical_dir, metadata_timeout).await;
+            let result = load(&file, &canonical_dir, metadata_timeout, containers).await;
             Found {
                 file,
                 result,
@@ -116,6 +121,7 @@ pub(crate) async fn load(
     file: &Path,
     canonical_dir: &Path,
     timeout: Duration,
+    containers: &Containers,
 ) -> Result<PluginMetadata, String> {
     let target = file
         .canonicalize()
@@ -133,7 +139,7 @@ pub(crate) async fn load(
     if meta.permissions().mode() & 0o111 == 0 {
         return Err("it is not executable (chmod +x it)".into());
     }
-    let output = metadata_output(file, timeout).await?;
+    let output = metadata_output(file, timeout, containers).await?;
     let metadata: PluginMetadata = serde_json::from_slice(output.trim_ascii())
         .map_err(|e| format!("--metadata did not print valid metadata JSON: {e}"))?;
     metadata.validate().map_err(|e| e.to_string())?;
@@ -148,8 +154,26 @@ pub(crate) async fn load(
     Ok(metadata)
 }
 
-/// Runs `file --metadata` and returns its stdout.
-async fn metadata_output(file: &Path, timeout: Duration) -> Result<Vec<u8>, String> {
+/// Runs `file --metadata` in a container of its own (anything it starts ends with it) and returns
+/// its stdout.
+async fn metadata_output(
+    file: &Path,
+    timeout: Duration,
+    containers: &Containers,
+) -> Result<Vec<u8>, String> {
+    let container = containers
+        .create("metadata", &containers.default_limits())
+        .map_err(|e| format!("cannot contain it for --metadata: {e}"))?;
+    let result = run_metadata(file, timeout, &container).await;
+    container.dispose().await;
+    result
+}
+
+async fn run_metadata(
+    file: &Path,
+    timeout: Duration,
+    container: &crate::contain::Container,
+) -> Result<Vec<u8>, String> {
     let mut cmd = tokio::process::Command::new(file);
     cmd.arg("--metadata")
         .env_clear()
@@ -159,10 +183,15 @@ async fn metadata_output(file: &Path, timeout: Duration) -> Result<Vec<u8>, Stri
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    container
+        .prepare(&mut cmd)
+        .map_err(|e| format!("cannot contain it for --metadata: {e}"))?;
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run it with --metadata: {e}"))?;
-    let pid = child.id();
+    if let Some(pid) = child.id() {
+        container.started(pid);
+    }
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
     let run = async {
@@ -170,23 +199,27 @@ async fn metadata_output(file: &Path, timeout: Duration) -> Result<Vec<u8>, Stri
         let mut err = Vec::new();
         let mut stdout = (&mut stdout).take(MAX_METADATA_BYTES);
         let mut stderr = (&mut stderr).take(MAX_METADATA_BYTES);
+        // Once it exits, whatever it started goes, and with it any hold on its pipes.
         let (read_out, read_err, status) = tokio::join!(
             stdout.read_to_end(&mut out),
             stderr.read_to_end(&mut err),
-            child.wait()
+            async {
+                let status = child.wait().await;
+                container.kill_all();
+                status
+            }
         );
         read_out.and(read_err).and(status.map(|s| (s, out, err)))
     };
     match tokio::time::timeout(timeout, run).await {
         Err(_) => {
-            crate::process::kill_group(pid, rustix::process::Signal::KILL);
+            container.kill_all();
             let _ = child.wait().await;
             Err(format!("--metadata did not finish within {timeout:?}"))
         }
         Ok(Err(e)) => Err(format!("cannot run it with --metadata: {e}")),
         Ok(Ok((status, out, err))) => {
-            // A helper the plugin left behind must not outlive the check.
-            crate::process::kill_group(pid, rustix::process::Signal::KILL);
+            // What it left behind goes with its container.
             if status.success() {
                 Ok(out)
             } else {

@@ -112,6 +112,9 @@ pub struct PluginEvent {
     /// The plugin's last stderr lines, for `crashed` and `failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stderr_tail: Vec<String>,
+    /// The limit the plugin exceeded, for a `crashed` that a limit explains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<crate::contain::limits::LimitKind>,
 }
 
 impl PluginEvent {
@@ -125,6 +128,7 @@ impl PluginEvent {
             exit: None,
             delay_ms: None,
             stderr_tail: Vec::new(),
+            limit: None,
         }
     }
 

@@ -25,14 +25,16 @@
 //! # }
 //! ```
 //!
-//! Every plugin runs in its own process group and dies with the host (the parent-death signal),
-//! so this crate is Linux-only.
+//! Every plugin runs in its own process group and container (a cgroup, a PID namespace, or the
+//! host as subreaper; see [`Containment`]), under its [`Limits`], and dies with the host (the
+//! parent-death signal, and a watchdog for everything it started), so this crate is Linux-only.
 #![deny(missing_docs)]
 
 mod builder;
 mod check;
 mod config;
 mod connection;
+mod contain;
 mod discovery;
 pub mod error;
 pub mod events;
@@ -47,6 +49,10 @@ mod supervisor;
 
 pub use builder::PluginHostBuilder;
 pub use check::{CheckReport, CheckStep, check_plugin};
+pub use contain::Containment;
+pub use contain::limits::{
+    Bytes, Cores, Enforcement, Enforcer, Limit, LimitErrors, LimitKind, LimitOverrides, Limits,
+};
 pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
 pub use host::{PluginHost, PluginInfo, PluginState};

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Kills plugin process groups if the host dies without stopping them.
     pub(crate) reaper: crate::process::Reaper,
+    /// Keeps each plugin's processes together, under its limits.
+    pub(crate) containers: crate::contain::Containers,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -43,6 +45,16 @@ impl Shared {
 
     pub(crate) fn config(&self) -> MutexGuard<'_, Config> {
         self.config.lock().expect("config lock")
+    }
+
+    /// The limits plugin `id` runs under: the host's defaults with its overrides.
+    pub(crate) fn limits_for(&self, id: &str) -> crate::contain::limits::Limits {
+        let overrides = self
+            .config()
+            .plugin(id)
+            .map(|p| p.limits)
+            .unwrap_or_default();
+        overrides.apply(&self.settings.default_limits)
     }
 
     /// Applies `f` to plugin `id`'s entry, if it still exists.

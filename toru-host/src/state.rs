@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 use toru_plugin_api::PluginMetadata;
 
 use crate::connection::Connection;
+use crate::contain::Containment;
+use crate::contain::limits::{Enforcement, LimitOverrides, Limits};
 use crate::discovery::Found;
 use crate::events::ExitStatus;
 
@@ -101,6 +103,15 @@ pub struct PluginInfo {
     pub protocol_version: Option<u32>,
     /// Whether a `license_key` setting is stored for the plugin.
     pub license_key_set: bool,
+    /// How the plugin's processes are kept together: its running (or last) process's
+    /// containment, else the host's. `None` only for a plugin that cannot be loaded.
+    pub containment: Option<Containment>,
+    /// The limits it runs under: the host's defaults with its own overrides.
+    pub limits: Limits,
+    /// Its own limits, replacing the host's defaults.
+    pub limit_overrides: LimitOverrides,
+    /// What enforces each limit (like `containment`).
+    pub limits_enforced_by: Option<Enforcement>,
 }
 
 /// The registry's entry for one plugin.
@@ -117,6 +128,8 @@ pub(crate) struct Entry {
     pub(crate) protocol_version: Option<u32>,
     pub(crate) conn: Option<Connection>,
     pub(crate) runner: Option<Runner>,
+    /// The containment and enforcement of the running (or last) process.
+    pub(crate) contained: Option<(Containment, Enforcement)>,
 }
 
 /// A running supervisor task for one plugin.
@@ -147,6 +160,7 @@ impl Entry {
             protocol_version: None,
             conn: None,
             runner: None,
+            contained: None,
         }
     }
 
@@ -171,6 +185,10 @@ impl Entry {
             last_error: self.last_error.clone(),
             protocol_version: self.protocol_version,
             license_key_set: false,
+            containment: self.contained.map(|c| c.0),
+            limits: Limits::default(),
+            limit_overrides: LimitOverrides::default(),
+            limits_enforced_by: self.contained.map(|c| c.1),
         }
     }
 }

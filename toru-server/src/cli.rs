@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use toru_host::{Bytes, Containment, Cores, Limit, Limits};
 
 /// Hosts Toru plugins and serves their routes, the REST API and the web UI.
 #[derive(Debug, Parser)]
@@ -87,6 +88,30 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "TORU_SECURE_COOKIES", global = true)]
     pub(crate) secure_cookies: bool,
 
+    /// The memory each plugin may use (its processes together, in a cgroup), with a 1024-based
+    /// unit (`128MiB`, `1G`) or `unlimited`. A plugin's own limit (config.json, the API)
+    /// replaces it.
+    #[arg(long, env = "TORU_PLUGIN_MEMORY_LIMIT", default_value_t = Limits::default().memory, value_parser = Limits::parse_memory, global = true)]
+    pub(crate) plugin_memory_limit: Limit<Bytes>,
+
+    /// How many processes and threads each plugin may run, or `unlimited`.
+    #[arg(long, env = "TORU_PLUGIN_MAX_PROCESSES", default_value_t = Limits::default().processes, value_parser = Limits::parse_processes, global = true)]
+    pub(crate) plugin_max_processes: Limit<u64>,
+
+    /// How many files (and sockets) each plugin process may have open, or `unlimited`.
+    #[arg(long, env = "TORU_PLUGIN_MAX_OPEN_FILES", default_value_t = Limits::default().open_files, value_parser = Limits::parse_open_files, global = true)]
+    pub(crate) plugin_max_open_files: Limit<u64>,
+
+    /// The CPU each plugin may use: cores (`0.5`, `2`), a percentage of one core (`50%`), or
+    /// `unlimited`.
+    #[arg(long, env = "TORU_PLUGIN_CPU", default_value_t = Limits::default().cpu, value_parser = Limits::parse_cpu, global = true)]
+    pub(crate) plugin_cpu: Limit<Cores>,
+
+    /// How plugins are kept together, if not the best this machine offers: the first of
+    /// cgroup-v2, cgroup-v1, pid-namespace, subreaper to try (the host falls back down the list).
+    #[arg(long, env = "TORU_PLUGIN_CONTAINMENT", value_parser = containment, global = true)]
+    pub(crate) plugin_containment: Option<Containment>,
+
     /// The format of the server's own log lines on stderr (RUST_LOG sets the levels).
     #[arg(
         long,
@@ -104,6 +129,22 @@ pub(crate) enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+impl ServerArgs {
+    /// The limits of a plugin with none of its own.
+    pub(crate) fn plugin_limits(&self) -> Limits {
+        Limits {
+            memory: self.plugin_memory_limit,
+            processes: self.plugin_max_processes,
+            open_files: self.plugin_max_open_files,
+            cpu: self.plugin_cpu,
+        }
+    }
+}
+
+fn containment(s: &str) -> Result<Containment, String> {
+    s.parse()
 }
 
 /// `500ms`, `30s`, `2m`, ...
@@ -135,6 +176,54 @@ mod tests {
         assert!(matches!(cli.command, Some(Command::Serve)));
         assert_eq!(cli.server.bind.port(), 0);
         assert_eq!(cli.server.request_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn plugin_limits_take_units_and_default_to_the_hosts() {
+        let cli = Cli::try_parse_from(["toru-server"]).unwrap();
+        assert_eq!(cli.server.plugin_limits(), Limits::default());
+        assert_eq!(cli.server.plugin_containment, None);
+        let cli = Cli::try_parse_from([
+            "toru-server",
+            "--plugin-memory-limit",
+            "128MiB",
+            "--plugin-max-processes",
+            "64",
+            "--plugin-max-open-files",
+            "unlimited",
+            "--plugin-cpu",
+            "50%",
+            "--plugin-containment",
+            "pid-namespace",
+        ])
+        .unwrap();
+        let limits = cli.server.plugin_limits();
+        assert_eq!(limits.memory, Limit::At(Bytes(128 << 20)));
+        assert_eq!(limits.processes, Limit::At(64));
+        assert_eq!(limits.open_files, Limit::Unlimited);
+        assert_eq!(limits.cpu, Limit::At(Cores::from_millicores(500)));
+        assert_eq!(
+            cli.server.plugin_containment,
+            Some(Containment::PidNamespace)
+        );
+    }
+
+    #[test]
+    fn bad_plugin_limits_are_refused_with_the_value() {
+        for (flag, value, says) in [
+            ("--plugin-memory-limit", "lots", "is not a size"),
+            ("--plugin-memory-limit", "1KiB", "at least 4 MiB"),
+            ("--plugin-max-processes", "0", "out of range"),
+            ("--plugin-cpu", "0%", "out of range"),
+            ("--plugin-containment", "docker", "is not a containment"),
+        ] {
+            let err = Cli::try_parse_from(["toru-server", flag, value]).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(value) && text.contains(says),
+                "{flag} {value}: {text}"
+            );
+        }
     }
 
     #[test]

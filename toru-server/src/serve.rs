@@ -93,9 +93,13 @@ pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
         .data_dir(&args.data_dir)
         .request_timeout(args.request_timeout)
         .start_timeout(args.start_timeout)
-        .stop_grace(args.stop_grace);
+        .stop_grace(args.stop_grace)
+        .default_limits(args.plugin_limits());
     if let Some(dir) = &args.log_dir {
         builder.log_dir(dir);
+    }
+    if let Some(first) = args.plugin_containment {
+        builder.containment(first);
     }
     builder
 }

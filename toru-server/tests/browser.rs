@@ -292,6 +292,64 @@ async fn the_plugin_view_says_what_went_wrong() {
     .await;
 }
 
+/// The details panel's Limits section: how the plugin is contained, bad values refused under
+/// their fields, a memory limit too small for the plugin (which then crashes at it, and its page
+/// says which limit), and back to the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_in_the_details_panel_and_a_plugin_stopped_at_one() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.login().await;
+        b.wait(&sidebar_dot("hello-python", "green"), "hello-python running").await;
+        b.click(".plugin-card[data-plugin-id='hello-python'] .card-desc").await;
+        let section = "#details-panel[data-plugin-id='hello-python'] [data-section='limits']";
+        b.wait(&format!("{section}:not([hidden])"), "the Limits section").await;
+        b.wait_text(&format!("{section} [data-field='containment']"), "kept together by")
+            .await;
+        b.wait_text(&format!("{section} [data-hint='memory']"), "default: 512 MiB").await;
+        b.wait_text(&format!("{section} [data-hint='open_files']"), "by an rlimit").await;
+
+        let memory = format!("{section} [data-limit='memory']");
+        let cpu = format!("{section} [data-limit='cpu']");
+        b.type_into(&memory, "lots").await;
+        b.type_into(&cpu, "0").await;
+        b.click(&format!("{section} [data-action='limits-save']")).await;
+        b.wait_text(&format!("{section} [data-error='memory']"), "is not a size").await;
+        b.wait_text(&format!("{section} [data-error='cpu']"), "out of range").await;
+        let info = b.fetch_json("GET", "/api/plugins/hello-python").await;
+        assert_eq!(info["body"]["limit_overrides"], serde_json::json!({}), "{info}");
+        b.js("document.querySelector('#details-panel [data-section=limits]').scrollIntoView(); return null")
+            .await;
+        b.clear_toasts().await;
+        b.shot("plugin-limits.png").await;
+
+        // Too little memory for Python: it is stopped at the limit, and its page says so.
+        b.type_into(&memory, "4MiB").await;
+        b.type_into(&cpu, "50%").await;
+        b.click(&format!("{section} [data-action='limits-save']")).await;
+        b.wait_text("#toast", "Limits saved").await;
+        b.wait_text(&format!("{section} [data-hint='memory']"), "its own: 4 MiB").await;
+        b.wait_gone(&format!("{section} [data-error='memory']:not([hidden])"), "the error gone")
+            .await;
+        b.click("#details-close").await;
+        b.goto("/#/plugin/hello-python").await;
+        b.wait_text(".error-card[data-reason='crashed']", "exceeded its memory limit of 4 MiB")
+            .await;
+        b.wait_text(".error-card[data-reason='crashed']", "went over one of its limits").await;
+        b.clear_toasts().await;
+        b.shot("limit-error-card.png").await;
+
+        // Back to the defaults: it runs again.
+        b.goto("/#/plugins").await;
+        b.click(".plugin-card[data-plugin-id='hello-python'] .card-desc").await;
+        b.click(&format!("{section} [data-action='limits-reset']")).await;
+        b.wait_text("#toast", "Limits saved").await;
+        b.wait(&sidebar_dot("hello-python", "green"), "hello-python running again").await;
+    })
+    .await;
+}
+
 fn sidebar_dot(id: &str, health: &str) -> String {
     format!("#sidebar-plugin-list [data-plugin-id='{id}'] .dot[data-health='{health}']")
 }

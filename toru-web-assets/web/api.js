@@ -54,6 +54,8 @@ export async function request(path, { method = "GET", body, allowUnauthorized = 
     const message = data?.error?.message ?? `The server answered ${response.status} ${response.statusText}`.trim();
     const error = new ApiError(response.status, code, message);
     error.retryAfter = Number(response.headers.get("Retry-After")) || null;
+    // A form's errors, one message per field (`PUT .../limits`).
+    error.fields = data?.error?.fields ?? null;
     throw error;
   }
   return data;
@@ -73,6 +75,8 @@ export const api = {
   disable: (id) => request(`${plugin(id)}/disable`, { method: "POST" }),
   /** Stores license key `key` for plugin `id` (null removes it); the plugin restarts. */
   setLicense: (id, key) => request(`${plugin(id)}/license`, { method: "PUT", body: { license_key: key ?? null } }),
+  /** Sets plugin `id`'s own limits (`{memory, processes, open_files, cpu}`; null: the default); it restarts. */
+  setLimits: (id, limits) => request(`${plugin(id)}/limits`, { method: "PUT", body: limits }),
   logs: (id, { page = 0, pageSize = 50, level = "" } = {}) => {
     const query = new URLSearchParams({ page: String(page), page_size: String(pageSize) });
     if (level) query.set("level", level);

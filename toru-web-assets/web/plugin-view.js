@@ -327,7 +327,12 @@ function errorCard(reason, id, plugin, detail, { retry, enable }) {
     unknown: [`There is no plugin “${id}”`, "It is not installed, or it was removed from the plugins folder."],
     "load-failed": [`${name} could not be loaded`, "Toru could not read this plugin's metadata, so it cannot start it."],
     disabled: [`${name} is disabled`, "Its process is stopped and its routes answer 404. Enable it to use its page."],
-    crashed: [`${name} crashed`, `Its process ended unexpectedly${exit ? `: ${exit}` : ""}.`],
+    crashed: [
+      `${name} crashed`,
+      /^plugin exceeded its .* limit/.test(plugin?.last_error ?? "")
+        ? "It went over one of its limits and was stopped. Raise the limit in its details, or find out why it needs more."
+        : `Its process ended unexpectedly${exit ? `: ${exit}` : ""}.`,
+    ],
     failed: [`${name} failed`, "Toru stopped restarting it. Read its logs, fix the cause, then start it again."],
     down: [`${name} is not running`, `Its state is “${stateLabel(plugin)}”, so its page cannot be shown.`],
     "no-frontend": [`${name} has no page`, `It serves HTTP routes under ${plugin ? routeBase(plugin) : "its route"} only.`],

@@ -1,6 +1,6 @@
-//! A host for toru-host's tests that kill the host itself: `toru-test-host <dir>` hosts the
-//! plugins in `<dir>/plugins`, prints `ready <pid> <pid> ...` once all of them run, and waits
-//! to be killed.
+//! A host for toru-host's tests that kill the host itself: `toru-test-host <dir> [containment]`
+//! hosts the plugins in `<dir>/plugins` (contained as asked, or as the machine allows), prints
+//! `ready <containment> <pid> <pid> ...` once all of them run, and waits to be killed.
 
 use std::path::PathBuf;
 
@@ -13,14 +13,16 @@ async fn main() {
             .nth(1)
             .expect("usage: toru-test-host <dir>"),
     );
-    let host = PluginHost::builder()
+    let mut builder = PluginHost::builder();
+    builder
         .plugin_dir(dir.join("plugins"))
         .data_dir(dir.join("data"))
         .log_dir(dir.join("logs"))
-        .socket_dir(&dir)
-        .start()
-        .await
-        .expect("host starts");
+        .socket_dir(&dir);
+    if let Some(containment) = std::env::args().nth(2) {
+        builder.containment(containment.parse().expect("a containment"));
+    }
+    let host = builder.start().await.expect("host starts");
     let mut events = host.subscribe();
     loop {
         let plugins = host.list();
@@ -29,7 +31,7 @@ async fn main() {
                 .iter()
                 .filter_map(|p| p.pid.map(|pid| pid.to_string()))
                 .collect();
-            println!("ready {}", pids.join(" "));
+            println!("ready {} {}", host.containment(), pids.join(" "));
             break;
         }
         match events.recv().await {

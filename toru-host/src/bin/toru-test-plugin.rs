@@ -3,6 +3,9 @@
 //! `toru-test-plugin <mode> <id> [--metadata]`. Tests put a two-line shell script in the
 //! plugins folder (`exec toru-test-plugin <mode> <id> "$@"`), so one binary plays every part.
 //! It speaks the protocol by hand with the codec (not the SDK), so it can break every rule.
+//!
+//! Files it writes for the test go to `$TORU_TEST_DIR` (the script sets it to the plugins
+//! folder), since a `--metadata` run has no other way to tell where that is.
 
 use std::time::Duration;
 
@@ -45,6 +48,46 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
     }
 }
 
+/// Starts a daemon the way a careless plugin would: a double fork and `setsid`, so that it
+/// leaves the plugin's process group and session. Writes its pid (as the host sees it, which
+/// `/proc/self` gives even in a PID namespace) to `file` in `$TORU_TEST_DIR` before returning.
+fn daemonize(file: &str) {
+    let script = r#"( setsid sh -c 'read -r pid rest < /proc/self/stat; echo "$pid"; exec sleep 1000 > /dev/null' & )"#;
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        // Its stderr is the plugin's, as a careless daemon's would be (`output()` would wait
+        // for the daemon to close a piped one).
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("start the daemon");
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!pid.is_empty(), "the daemon did not say its pid");
+    let dir = std::env::var("TORU_TEST_DIR").unwrap_or_else(|_| ".".into());
+    let path = std::path::Path::new(&dir).join(file);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &pid).expect("daemon pid file");
+    std::fs::rename(&tmp, &path).expect("daemon pid file");
+}
+
+fn text_response(id: Option<u64>, body: String) -> Message<'static> {
+    Message::new(
+        id,
+        Payload::HttpResponse(HttpResponse {
+            status: 200,
+            headers: vec![(
+                CowStr::borrowed("content-type"),
+                CowStr::borrowed("text/plain"),
+            )],
+            body: Some(body.into()),
+            body_base64: None,
+            end_stream: None,
+        }),
+    )
+    .into_owned()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -56,6 +99,9 @@ async fn main() {
         }
     };
     if args.iter().any(|a| a == "--metadata") {
+        if mode == "daemon" {
+            daemonize(&format!("{id}.meta-daemon-pid"));
+        }
         if let Some(json) = metadata(mode, id) {
             println!("{json}");
         }
@@ -80,6 +126,7 @@ async fn main() {
             }
             std::io::Write::flush(&mut err).expect("stderr");
         }
+        "daemon" => daemonize(&format!("{id}.daemon-pid")),
         _ => {}
     }
     let path = std::env::var(toru_plugin_api::protocol::ENV_SOCKET_PATH).expect("socket path");
@@ -93,9 +140,19 @@ async fn main() {
             .arg("1000")
             .spawn()
             .expect("spawn sleep");
-        eprintln!("INFO child pid {}", child.id());
+        // The child's pid as the host sees it, which differs in a PID namespace: `/proc` is
+        // the host's, so its `self` and `children` name host pids.
+        let host_pid = std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|me| {
+                let me = me.to_string_lossy().into_owned();
+                std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()
+            })
+            .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_else(|| child.id().to_string());
+        eprintln!("INFO child pid {host_pid}");
         // The plugin runs in the plugins folder; the test reads this file there.
-        std::fs::write(format!("{id}.child-pid"), child.id().to_string()).expect("pid file");
+        std::fs::write(format!("{id}.child-pid"), host_pid).expect("pid file");
     }
     let mut framed = Framed::new(stream, FrameCodec::new());
     let mut served = 0u32;
@@ -168,6 +225,35 @@ async fn main() {
                             .await
                             .expect("write");
                         continue;
+                    }
+                    (_, "hog") => {
+                        // Allocates and touches memory without bound, a MiB at a time.
+                        let mut hoard: Vec<Vec<u8>> = Vec::new();
+                        loop {
+                            hoard.push(vec![1u8; 1 << 20]);
+                        }
+                    }
+                    (_, "fork-bomb") => {
+                        // The classic: every process starts two more, in the background.
+                        let _ = std::process::Command::new("/bin/sh")
+                            .arg("-c")
+                            .arg("bomb() { bomb | bomb & }; bomb")
+                            .spawn();
+                        continue;
+                    }
+                    (_, "open-files") => {
+                        // Opens files until the kernel refuses, and says how many it has open.
+                        let mut files = Vec::new();
+                        while let Ok(f) = std::fs::File::open("/dev/null") {
+                            files.push(f);
+                            if files.len() > 1_000_000 {
+                                break;
+                            }
+                        }
+                        // One back, for the folder that lists them.
+                        files.pop();
+                        let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+                        text_response(id_, format!("{open}"))
                     }
                     ("hang", _) => {
                         // Stop reading altogether: pings go unanswered.

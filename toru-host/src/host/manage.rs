@@ -128,12 +128,16 @@ impl PluginHost {
     pub async fn rescan(&self) -> Result<(), ManageError> {
         let _manage = self.shared.manage.lock().await;
         let dir = &self.shared.settings.plugin_dir;
-        let found = discovery::scan(dir, self.shared.settings.metadata_timeout)
-            .await
-            .map_err(|source| ManageError::Scan {
-                dir: dir.clone(),
-                source,
-            })?;
+        let found = discovery::scan(
+            dir,
+            self.shared.settings.metadata_timeout,
+            &self.shared.containers,
+        )
+        .await
+        .map_err(|source| ManageError::Scan {
+            dir: dir.clone(),
+            source,
+        })?;
         let mut events = Vec::new();
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();

@@ -1,6 +1,7 @@
 //! [`PluginHost`]: the cloneable handle an application (or `toru-server`) uses.
 
 mod calls;
+mod limits;
 mod manage;
 
 use std::path::Path;
@@ -80,6 +81,13 @@ impl PluginHost {
                     source,
                 }
             })?;
+        let reaper = crate::process::Reaper::start();
+        let containers = crate::contain::Containers::start(
+            settings.containment,
+            settings.default_limits,
+            &reaper,
+        )
+        .await;
         let shared = Arc::new(Shared {
             codec: FrameCodec::with_max_frame_len(settings.max_frame_len),
             instance_id: store.instance_id(),
@@ -92,7 +100,8 @@ impl PluginHost {
             events: broadcast::channel(1024).0,
             manage: tokio::sync::Mutex::new(()),
             tasks: TaskTracker::new(),
-            reaper: crate::process::Reaper::start(),
+            reaper,
+            containers,
             shutdown: CancellationToken::new(),
             settings,
         });
@@ -159,6 +168,7 @@ impl PluginHost {
         let config = self.shared.config();
         for info in &mut infos {
             info.license_key_set = has_license_key(&config, &info.id);
+            self.fill_limits(&config, info);
         }
         infos
     }
@@ -175,7 +185,9 @@ impl PluginHost {
             .get(id)
             .map(|e| e.info(now_millis()))
             .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
-        info.license_key_set = has_license_key(&self.shared.config(), id);
+        let config = self.shared.config();
+        info.license_key_set = has_license_key(&config, id);
+        self.fill_limits(&config, &mut info);
         Ok(info)
     }
 
@@ -231,6 +243,7 @@ impl PluginHost {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.containers.close();
         self.shared.reaper.close().await;
         self.shared.logs.flush().await;
         if let Err(e) = self.shared.store.close().await {

@@ -1,7 +1,7 @@
-//! Plugin processes: a clean environment, their own process group, death with the host, and a
-//! stop that escalates from `shutdown` to SIGTERM to SIGKILL.
+//! Plugin processes: a clean environment, their own process group, their container, death
+//! with the host, and a stop that escalates from `shutdown` to SIGTERM to SIGKILL.
 
-mod pdeathsig;
+pub(crate) mod child;
 mod reaper;
 
 pub(crate) use reaper::Reaper;
@@ -14,6 +14,7 @@ use rustix::process::{Pid, Signal};
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use toru_plugin_api::protocol::{ENV_PLUGIN_ID, ENV_SOCKET_PATH};
 
+use crate::contain::Container;
 use crate::error::SpawnError;
 use crate::events::ExitStatus;
 
@@ -72,11 +73,12 @@ pub(crate) struct Spawned {
     pub(crate) stderr: ChildStderr,
 }
 
-/// Starts `file` as plugin `plugin_id`, listening on `socket_path`.
+/// Starts `file` as plugin `plugin_id`, listening on `socket_path`, in `container`.
 pub(crate) fn spawn(
     file: &Path,
     plugin_id: &str,
     socket_path: &Path,
+    container: &Container,
 ) -> Result<Spawned, SpawnError> {
     check_socket_path(socket_path)?;
     // A stale socket file from an earlier run would make the plugin's bind fail.
@@ -93,12 +95,14 @@ pub(crate) fn spawn(
         .process_group(0)
         // A backstop only: stop() reaps every child it starts.
         .kill_on_drop(true);
-    pdeathsig::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(|e| SpawnError::Exec {
+    let exec_error = |e: std::io::Error| SpawnError::Exec {
         file: file.to_owned(),
         reason: e.to_string(),
-    })?;
+    };
+    container.prepare(&mut cmd).map_err(exec_error)?;
+    let mut child = cmd.spawn().map_err(exec_error)?;
     let pid = child.id().expect("a child that was just spawned has a pid");
+    container.started(pid);
     Ok(Spawned {
         stdout: child.stdout.take().expect("piped stdout"),
         stderr: child.stderr.take().expect("piped stderr"),
@@ -108,8 +112,14 @@ pub(crate) fn spawn(
 }
 
 /// Waits up to `grace` for the process to exit, then SIGTERMs its group, waits up to `grace`
-/// again, then SIGKILLs the group; always reaps. Returns how the process ended.
-pub(crate) async fn stop(child: &mut Child, pid: u32, grace: Duration) -> ExitStatus {
+/// again, then SIGKILLs everything in its container; always reaps. Returns how the process
+/// ended.
+pub(crate) async fn stop(
+    child: &mut Child,
+    pid: u32,
+    grace: Duration,
+    container: &Container,
+) -> ExitStatus {
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => status,
         _ => {
@@ -117,7 +127,7 @@ pub(crate) async fn stop(child: &mut Child, pid: u32, grace: Duration) -> ExitSt
             match tokio::time::timeout(grace, child.wait()).await {
                 Ok(Ok(status)) => status,
                 _ => {
-                    kill_group(Some(pid), Signal::KILL);
+                    container.kill_all();
                     wait_reaped(child).await
                 }
             }

@@ -1,11 +1,14 @@
-//! The reaper: a tiny `/bin/sh` watchdog that kills every plugin process group if the host
-//! dies without stopping them (SIGKILL, a crash, an abort).
+//! The reaper: a tiny `/bin/sh` watchdog that kills every plugin process if the host dies
+//! without stopping them (SIGKILL, a crash, an abort).
 //!
 //! Each plugin already gets SIGKILL when the host dies (the parent-death signal), but anything
 //! the plugin started itself would be orphaned. The reaper closes that gap: the host tells it
-//! `add <pgid>` when it starts a plugin and `del <pgid>` once the group is gone. The host holds
-//! the only write end of the reaper's stdin, so however the host ends, the kernel closes it and
-//! the reaper reads end-of-file, SIGKILLs the groups still listed, and exits. It runs in its own
+//! `add <pgid>` when it starts a plugin and `del <pgid>` once the group is gone, and at start,
+//! where its plugins' processes are kept: `cg2 <dir>` or `cg1 <dir>` (`fz <dir>` for the v1
+//! freezer) for the host's cgroup folders, whose every cgroup it empties and removes, or
+//! `mark <NAME=prefix>` for the subreaper fallback, whose marked processes it kills. The host
+//! holds the only write end of the reaper's stdin, so however the host ends, the kernel closes
+//! it and the reaper reads end-of-file, kills what is listed, and exits. It runs in its own
 //! process group, so a terminal's Ctrl-C does not reach it.
 
 use std::io::Write;
@@ -15,13 +18,50 @@ use std::sync::Mutex;
 
 const SCRIPT: &str = r#"
 groups=" "
-while read -r op pgid; do
+cgs=""
+mark=""
+nl='
+'
+while read -r op arg; do
   case "$op" in
-    add) groups="$groups$pgid " ;;
-    del) kept=" "; for g in $groups; do [ "$g" = "$pgid" ] || kept="$kept$g "; done; groups="$kept" ;;
+    add) groups="$groups$arg " ;;
+    del) kept=" "; for g in $groups; do [ "$g" = "$arg" ] || kept="$kept$g "; done; groups="$kept" ;;
+    cg2|cg1|fz) cgs="$cgs$op $arg$nl" ;;
+    mark) mark="$arg" ;;
   esac
 done
 for g in $groups; do kill -9 "-$g" 2>/dev/null; done
+each() {
+  printf %s "$cgs" | while read -r kind dir; do
+    for d in "$dir"/*/; do [ -d "$d" ] && "$@" "$kind" "$d"; done
+  done 2>/dev/null
+}
+freeze() { [ "$2" = fz ] && echo "$1" > "$3freezer.state"; }
+empty() {
+  [ "$1" = cg2 ] && echo 1 > "$2cgroup.kill"
+  for p in $(cat "$2cgroup.procs"); do kill -9 "$p"; done
+}
+each freeze FROZEN
+each empty
+each freeze THAWED
+each empty
+if [ -n "$mark" ]; then
+  for round in 1 2 3; do
+    for e in /proc/[0-9]*/environ; do
+      if tr '\0' '\n' < "$e" 2>/dev/null | grep -q "^$mark"; then
+        p=${e#/proc/}; kill -9 "${p%/environ}" 2>/dev/null
+      fi
+    done
+  done
+fi
+remove() {
+  n=0
+  while [ -d "$2" ] && ! rmdir "$2" 2>/dev/null && [ $n -lt 100 ]; do
+    n=$((n + 1)); empty "$1" "$2"; sleep 0.02
+  done
+}
+each remove
+printf %s "$cgs" | while read -r kind dir; do rmdir "$dir" 2>/dev/null; done
 "#;
 
 pub(crate) struct Reaper {
@@ -72,6 +112,23 @@ impl Reaper {
     /// Registers a plugin's process group.
     pub(crate) fn add(&self, pgid: u32) {
         self.send(&format!("add {pgid}\n"));
+    }
+
+    /// Empties and removes every cgroup in `dir`, and `dir` itself, if the host dies: a v2 folder,
+    /// or one of a v1 hierarchy (`freezer` for the v1 freezer's, which is frozen first).
+    pub(crate) fn watch_cgroup(&self, v2: bool, freezer: bool, dir: &std::path::Path) {
+        let op = match (v2, freezer) {
+            (true, _) => "cg2",
+            (false, true) => "fz",
+            (false, false) => "cg1",
+        };
+        self.send(&format!("{op} {}\n", dir.display()));
+    }
+
+    /// Kills every process whose environment has an entry starting with `prefix`, if the host
+    /// dies.
+    pub(crate) fn watch_marker(&self, prefix: &str) {
+        self.send(&format!("mark {prefix}\n"));
     }
 
     /// Forgets a process group that is gone.

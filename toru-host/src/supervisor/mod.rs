@@ -26,6 +26,7 @@ use tracing::Instrument;
 pub use policy::{HealthPolicy, RestartPolicy};
 
 use crate::connection::{CallFailure, Connection, Reply};
+use crate::contain::limits::{LimitHit, LimitKind};
 use crate::events::{EventKind, ExitStatus, PluginEvent};
 use crate::process::{self, kill_group};
 use crate::shared::Shared;
@@ -49,6 +50,8 @@ enum Outcome {
         exit: Option<ExitStatus>,
         tail: Vec<String>,
         ran_for: Duration,
+        /// The limit it exceeded, if that is why.
+        limit: Option<LimitKind>,
     },
 }
 
@@ -84,6 +87,7 @@ async fn supervise(shared: &Arc<Shared>, id: &str, file: &Path, stop: &Cancellat
                 exit,
                 tail,
                 ran_for,
+                limit,
             } => {
                 let count = shared
                     .update(id, |e| {
@@ -97,6 +101,7 @@ async fn supervise(shared: &Arc<Shared>, id: &str, file: &Path, stop: &Cancellat
                 let mut event = PluginEvent::new(id, EventKind::Crashed).with_reason(reason);
                 event.exit = exit;
                 event.stderr_tail = tail;
+                event.limit = limit;
                 shared.emit(event).await;
                 let Some(delay) = policy.delay(count) else {
                     disable_unstable(shared, id, count).await;
@@ -148,9 +153,22 @@ async fn run_once(
     after_crash: bool,
 ) -> Outcome {
     let socket = shared.socket_dir.join(format!("{id}.sock"));
-    let spawned = match process::spawn(file, id, &socket) {
+    let container = match shared.containers.create(id, &shared.limits_for(id)) {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Crashed {
+                reason: format!("cannot contain the plugin: {e}"),
+                exit: None,
+                tail: Vec::new(),
+                ran_for: Duration::ZERO,
+                limit: None,
+            };
+        }
+    };
+    let spawned = match process::spawn(file, id, &socket, &container) {
         Ok(s) => s,
         Err(e @ crate::error::SpawnError::SocketPathTooLong { .. }) => {
+            container.dispose().await;
             return Outcome::Failed {
                 reason: e.to_string(),
                 exit: None,
@@ -158,11 +176,13 @@ async fn run_once(
             };
         }
         Err(e) => {
+            container.dispose().await;
             return Outcome::Crashed {
                 reason: e.to_string(),
                 exit: None,
                 tail: Vec::new(),
                 ran_for: Duration::ZERO,
+                limit: None,
             };
         }
     };
@@ -174,13 +194,20 @@ async fn run_once(
     } = spawned;
     tracing::Span::current().record("pid", pid);
     shared.reaper.add(pid);
-    shared.update(id, |e| e.pid = Some(pid));
+    shared.update(id, |e| {
+        e.pid = Some(pid);
+        e.contained = Some((container.kind(), container.enforcement()));
+    });
     let capture = shared.logs.capture(id, stdout, stderr);
     shared.logs.supervisor(
         toru_plugin_api::protocol::Level::Info,
         id,
         "spawn",
-        &format!("started process {pid} from {}", file.display()),
+        &format!(
+            "started process {pid} from {} (containment: {})",
+            file.display(),
+            container.describe()
+        ),
     );
 
     let started = start::handshake(shared, id, &socket, &mut child, stop).await;
@@ -195,11 +222,15 @@ async fn run_once(
                 // A plugin that refused to start exits by itself; give it the chance.
                 f if f.is_final() => {
                     let grace = shared.settings.stop_grace.min(Duration::from_secs(2));
-                    process::stop(&mut child, pid, grace).await
+                    process::stop(&mut child, pid, grace, &container).await
                 }
-                _ => process::stop(&mut child, pid, Duration::ZERO).await,
+                _ => process::stop(&mut child, pid, Duration::ZERO, &container).await,
             };
+            // What it left behind goes first: it may hold the output pipes open.
+            container.kill_all();
             let tail = finish_capture(capture).await;
+            let hit = container.explain(Some(exit), &tail);
+            container.dispose().await;
             end_process(shared, id, pid, &socket);
             return match failure {
                 StartFailure::Stopped => {
@@ -212,6 +243,7 @@ async fn run_once(
                     exit,
                     tail,
                     Duration::ZERO,
+                    hit,
                 ),
             };
         }
@@ -236,12 +268,14 @@ async fn run_once(
         Exited(std::process::ExitStatus),
         Broken(String),
         Hung(String),
+        Limit(LimitHit),
     }
     let end = tokio::select! {
         _ = stop.cancelled() => End::Stop,
         status = process::wait_reaped(&mut child) => End::Exited(status),
         reason = conn.closed() => End::Broken(reason),
         reason = watch_health(shared, id, &conn) => End::Hung(reason),
+        hit = container.limit_exceeded() => End::Limit(hit),
     };
     // No new request may reach this process from here on.
     shared.update(id, |e| {
@@ -250,12 +284,15 @@ async fn run_once(
         e.state = PluginState::Stopping;
     });
     let ran_for = ready_at.elapsed();
+    let mut hit = None;
     let (reason, exit) = match end {
         End::Stop => {
             let _ = conn.send(&Message::new(None, Payload::Shutdown)).await;
-            let exit = process::stop(&mut child, pid, shared.settings.stop_grace).await;
+            let exit = process::stop(&mut child, pid, shared.settings.stop_grace, &container).await;
             conn.close("the host stopped the plugin");
+            container.kill_all();
             finish_capture(capture).await;
+            container.dispose().await;
             end_process(shared, id, pid, &socket);
             shared.logs.supervisor(
                 toru_plugin_api::protocol::Level::Info,
@@ -287,7 +324,10 @@ async fn run_once(
                     };
                     (reason, exit)
                 }
-                Err(_) => (reason, process::stop(&mut child, pid, Duration::ZERO).await),
+                Err(_) => (
+                    reason,
+                    process::stop(&mut child, pid, Duration::ZERO, &container).await,
+                ),
             }
         }
         End::Hung(reason) => {
@@ -302,21 +342,48 @@ async fn run_once(
             );
             (reason, exit)
         }
+        End::Limit(limit) => {
+            let reason = limit.to_string();
+            conn.close(reason.clone());
+            container.kill_all();
+            let exit = ExitStatus::from(process::wait_reaped(&mut child).await);
+            shared.logs.supervisor(
+                toru_plugin_api::protocol::Level::Warn,
+                id,
+                "kill",
+                &format!("killed process {pid}: {reason}"),
+            );
+            hit = Some(limit);
+            (reason, exit)
+        }
     };
+    container.kill_all();
     let tail = finish_capture(capture).await;
+    let hit = hit.or_else(|| container.explain(Some(exit), &tail));
+    container.dispose().await;
     end_process(shared, id, pid, &socket);
-    classify(reason, false, exit, tail, ran_for)
+    classify(reason, false, exit, tail, ran_for, hit)
 }
 
 /// Turns a process's end into an outcome: exit code 78 and final start failures are not
-/// restarted.
+/// restarted; a limit the plugin exceeded is the reason for its crash.
 fn classify(
     reason: String,
     is_final: bool,
     exit: ExitStatus,
     tail: Vec<String>,
     ran_for: Duration,
+    hit: Option<LimitHit>,
 ) -> Outcome {
+    if let Some(hit) = hit {
+        return Outcome::Crashed {
+            reason: hit.to_string(),
+            exit: Some(exit),
+            tail,
+            ran_for,
+            limit: Some(hit.kind),
+        };
+    }
     if exit == ExitStatus::Code(EXIT_CONFIG) && !is_final {
         let last = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
         return Outcome::Failed {
@@ -337,6 +404,7 @@ fn classify(
         exit: Some(exit),
         tail,
         ran_for,
+        limit: None,
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 
 mod check;
+mod contain;
 mod discovery;
 mod forwarding;
 mod kv;

@@ -27,6 +27,7 @@ async fn a_host_killed_with_sigkill_leaves_no_plugin_or_grandchild() {
         .strip_prefix("ready ")
         .unwrap()
         .split(' ')
+        .skip(1)
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2, "{line}");

@@ -69,7 +69,11 @@ impl Env {
     /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`.
     pub fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
         let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
-        let script = format!("#!/bin/sh\nexec '{bin}' {mode} {id} \"$@\"\n");
+        let dir = self.plugins();
+        let script = format!(
+            "#!/bin/sh\nTORU_TEST_DIR='{}' exec '{bin}' {mode} {id} \"$@\"\n",
+            dir.display()
+        );
         self.install_file(&format!("{id}.binary"), script.as_bytes())
     }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use toru_host::{CallError, EventQuery, LogEntry, LogQuery};
+use toru_host::{CallError, EventQuery, LimitOverrides, LogEntry, LogQuery};
 use toru_plugin_api::protocol::Level;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -17,6 +17,8 @@ use super::{ApiError, State, body, events, with_state};
 const MAX_LICENSE_KEY_CHARS: usize = 4096;
 /// The largest license body read (a key of the longest length, escaped, fits well).
 const LICENSE_BODY_LIMIT: u64 = 64 * 1024;
+/// The largest limits body read (four short values fit many times over).
+const LIMITS_BODY_LIMIT: u64 = 16 * 1024;
 
 pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
     let list = warp::path!("plugins")
@@ -62,6 +64,15 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and_then(set_license)
         .recover(super::error::settle)
         .unify();
+    let limits = warp::path!("plugins" / String / "limits")
+        .and(warp::put())
+        .and(body::json::<serde_json::Value>(
+            LIMITS_BODY_LIMIT.min(state.max_body_bytes),
+        ))
+        .and(with_state(state))
+        .and_then(set_limits)
+        .recover(super::error::settle)
+        .unify();
     let bundle = warp::path!("plugins" / String / "bundle.js")
         .and(warp::get())
         .and(warp::header::optional::<String>("if-none-match"))
@@ -84,6 +95,8 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
             json(&json!({
                 "instance_id": state.host.instance_id(),
                 "version": env!("CARGO_PKG_VERSION"),
+                "containment": state.host.containment(),
+                "default_limits": state.host.default_limits(),
             }))
         });
     list.or(get)
@@ -93,6 +106,8 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .or(disable)
         .unify()
         .or(license)
+        .unify()
+        .or(limits)
         .unify()
         .or(bundle)
         .unify()
@@ -151,6 +166,37 @@ async fn set_license(
     state
         .host
         .set_license_key(&id, key)
+        .await
+        .map(|i| json(&i))
+        .map_err(reject)
+}
+
+/// `PUT /api/plugins/:id/limits` with `{"memory": "128MiB", "processes": 64, "open_files": 256,
+/// "cpu": "50%"}` sets the plugin's own limits (a limit left out, or `null`, is the host's
+/// default; `{}` goes back to the defaults) and restarts it, so that they apply at once. A
+/// value that is not valid is a 400 naming every bad field (`error.fields`).
+async fn set_limits(
+    id: String,
+    body: serde_json::Value,
+    state: State,
+) -> Result<Response, Rejection> {
+    let info = state.host.get(&id).map_err(reject)?;
+    let limits = LimitOverrides::from_json(&body).map_err(|e| {
+        let mut error = ApiError::new(StatusCode::BAD_REQUEST, "bad_limits", e.to_string());
+        error.fields = Some(Box::new(
+            e.0.into_iter()
+                .map(|(field, message)| (field, serde_json::Value::String(message)))
+                .collect(),
+        ));
+        error.reject()
+    })?;
+    if info.load_error.is_some() {
+        return Err(ApiError::not_loadable(&id).reject());
+    }
+    tracing::info!(plugin.id = %id, limits = %serde_json::to_string(&limits).unwrap_or_default(), "setting the plugin's limits");
+    state
+        .host
+        .set_limits(&id, limits)
         .await
         .map(|i| json(&i))
         .map_err(reject)

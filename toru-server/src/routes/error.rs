@@ -17,6 +17,8 @@ pub(crate) struct ApiError {
     pub(crate) code: &'static str,
     pub(crate) message: String,
     pub(crate) retry_after: Option<Duration>,
+    /// For a form's errors: each field's message.
+    pub(crate) fields: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            fields: None,
         }
     }
 
@@ -94,7 +97,10 @@ impl ApiError {
     }
 
     pub(crate) fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(fields) = self.fields {
+            body["error"]["fields"] = serde_json::Value::Object(*fields);
+        }
         let mut response = warp::Reply::into_response(warp::reply::with_status(
             warp::reply::json(&body),
             self.status,
@@ -210,6 +216,7 @@ fn from_rejection(rejection: &Rejection) -> ApiError {
             code: e.code,
             message: e.message.clone(),
             retry_after: e.retry_after,
+            fields: e.fields.clone(),
         };
     }
     if rejection.is_not_found() {

@@ -96,7 +96,11 @@ impl Env {
     /// `toru-test-plugin <mode> <id>` as `<id>.binary` (route `/<id>`).
     pub(crate) fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
         let bin = workspace_binary("toru-host", "toru-test-plugin");
-        let script = format!("#!/bin/sh\nexec '{}' {mode} {id} \"$@\"\n", bin.display());
+        let script = format!(
+            "#!/bin/sh\nTORU_TEST_DIR='{}' exec '{}' {mode} {id} \"$@\"\n",
+            self.plugins().display(),
+            bin.display()
+        );
         self.install_file(&format!("{id}.binary"), script.as_bytes())
     }
 
@@ -388,4 +392,34 @@ fn wait_file_blocking(file: &Path, needle: &str) -> String {
         let mut buf = [0u8; 4096];
         while rustix::io::read(&fd, &mut buf).is_ok() {}
     }
+}
+
+/// Waits until process `pid` has exited (any process, not only a child), using a pidfd.
+pub(crate) async fn wait_gone(pid: u64) {
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return,
+        Err(e) => panic!("pidfd_open({pid}): {e}"),
+    };
+    // The pidfd is an OwnedFd that AsyncFd owns until it drops it: nothing else can close it.
+    #[allow(deprecated)]
+    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        .expect("pidfd is pollable");
+    let _ready = tokio::time::timeout(WAIT, fd.readable())
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} still runs"))
+        .expect("pidfd readable");
+}
+
+/// A pid a test plugin wrote to `file` in the plugins folder.
+pub(crate) fn pid_file(env: &Env, file: &str) -> u64 {
+    let path = env.plugins().join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .expect("a pid")
 }
