@@ -31,12 +31,12 @@ pub(crate) const EXIT_USAGE: i32 = 2;
 /// It builds a multi-threaded tokio runtime; do not call it from inside one.
 ///
 /// ```no_run
-/// # use toru_plugin_api::{ToruPlugin, PluginContext, PluginMetadata, Request, Response};
+/// # use toru_plugin_api::{HttpResult, ToruPlugin, PluginContext, PluginMetadata, Request};
 /// # struct MyPlugin;
 /// # #[async_trait::async_trait]
 /// # impl ToruPlugin for MyPlugin {
 /// #     fn metadata(&self) -> PluginMetadata { unimplemented!() }
-/// #     async fn handle_http(&self, _: &PluginContext, _: Request) -> Response { unimplemented!() }
+/// #     async fn handle_http(&self, _: &PluginContext, _: Request) -> HttpResult { unimplemented!() }
 /// # }
 /// fn main() {
 ///     toru_plugin_api::run(MyPlugin)

@@ -1,8 +1,10 @@
 //! The connection loop: `init`/`ready`, then requests until `shutdown` or the host hangs up.
 //!
 //! One task reads frames and never waits on a handler: each `http_request` runs in its own task,
-//! `ping`, `get_bundle` and `cancel` are answered on the spot, and replies to the plugin's own
-//! KV requests are routed to the waiting call. Everything written goes through the writer task.
+//! `ping`, `get_bundle` and `cancel` are answered on the spot, replies to the plugin's own KV
+//! requests are routed to the waiting call, and (protocol 2) data frames, `credit` and
+//! `ws_close` go to their stream. Everything written goes through the writer task; when its
+//! queue is full, the reader waits too, so a host that stops reading stops being read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,27 +15,30 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use super::context::{Link, PluginContext, Reply};
+use super::context::PluginContext;
 use super::error::{InitError, ServeError};
 use super::error_chain;
-use super::http::{Request, Response};
-use super::in_flight::InFlight;
+use super::in_flight::{Call, InFlight, Refused, handle};
+use super::link::{Link, Reply};
 use super::plugin::ToruPlugin;
-use super::writer::write_loop;
-use crate::codec::{CodecError, FrameCodec, Incoming};
+use super::request::Request;
+use super::respond::send_now;
+use super::response::Response;
+use super::stream::{CloseFrame, Ended, Stream};
+use super::writer::{Queue, write_loop};
+use crate::codec::{CodecError, DataFrame, FrameCodec, Incoming};
 use crate::license::check_init;
 use crate::protocol::{
     Bundle, CowStr, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready, RequestId,
-    VersionRange, error_code,
+    STREAMS_VERSION, SettingSpec, SettingsUpdate, VersionRange, error_code,
 };
 
-/// The protocol versions this SDK speaks. Streams (protocol 2) are not served yet.
-pub(crate) const SDK_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+/// The protocol versions this SDK speaks: 1, and 2 with streams.
+pub(crate) const SDK_VERSIONS: VersionRange = VersionRange::SUPPORTED;
 
 /// How long `shutdown` waits for requests in flight.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +47,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host connection that is already established, until the host sends `shutdown`
-/// (then in-flight requests get up to 5 s to finish) or closes the connection.
+/// (then requests and streams in flight get up to 5 s to finish) or closes the connection.
 ///
 /// [`run`](crate::run) binds the socket, accepts the host and calls this. Call it yourself to
 /// drive a plugin over a socket pair in tests.
@@ -52,24 +57,27 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// code; `Ok` after `shutdown` or the host hanging up.
 pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), ServeError> {
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(write, rx));
-    let link = Arc::new(Link::new(tx));
+    let (queue, queued) = Queue::new();
+    let writer = tokio::spawn(write_loop(write, queued));
+    let link = Arc::new(Link::new(queue));
     let meta = plugin.metadata();
     let mut conn = Connection {
         id: meta.id,
         route: meta.route,
+        specs: meta.settings,
         plugin: Arc::new(plugin),
         link: link.clone(),
         frames: FramedRead::new(read, FrameCodec::new()),
         tasks: JoinSet::new(),
         in_flight: InFlight::default(),
         ctx: None,
+        version: 1,
         state: State::Initialising,
     };
     let result = conn.run().await;
     // Handlers still running hold context clones; nobody waits for their replies any more.
     conn.tasks.shutdown().await;
+    conn.in_flight.end_all();
     link.disconnect();
     link.close();
     // Bounded, so that a host that stops reading cannot keep the plugin alive.
@@ -97,6 +105,8 @@ struct Connection<P> {
     /// The plugin's id and route, from its metadata.
     id: String,
     route: String,
+    /// The settings the metadata declares.
+    specs: Vec<SettingSpec>,
     plugin: Arc<P>,
     link: Arc<Link>,
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
@@ -104,6 +114,8 @@ struct Connection<P> {
     tasks: JoinSet<()>,
     in_flight: InFlight,
     ctx: Option<PluginContext>,
+    /// The protocol version agreed in `init`.
+    version: u32,
     state: State,
 }
 
@@ -122,21 +134,25 @@ impl<P: ToruPlugin> Connection<P> {
                 init_id,
                 error_code::UNSUPPORTED_PROTOCOL_VERSION,
                 err.to_string(),
-            );
+            )
+            .await;
             return Err(err);
         };
+        self.version = version;
         let license = match self.plugin.license() {
             None => None,
             Some(policy) => match check_init(policy, &self.id, &init.instance_id, &init.settings) {
                 Ok(claims) => Some(claims),
                 Err(e) => {
                     let e = InitError::refused(e.to_string());
-                    self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                    self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e))
+                        .await;
                     return Err(ServeError::InitRefused(e));
                 }
             },
         };
-        let ctx = PluginContext::new(init, version, self.link.clone(), license);
+        let specs = std::mem::take(&mut self.specs);
+        let ctx = PluginContext::new(init, version, self.link.clone(), license, specs);
         self.ctx = Some(ctx.clone());
         let plugin = self.plugin.clone();
         let mut init_fut: Option<InitFuture> =
@@ -151,18 +167,19 @@ impl<P: ToruPlugin> Connection<P> {
                 result = poll_some(&mut init_fut), if init_fut.is_some() => {
                     init_fut = None;
                     if let Err(e) = result {
-                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e))
+                            .await;
                         return Err(ServeError::InitRefused(e));
                     }
                     let ready = Payload::Ready(Ready { protocol_version: version });
-                    self.link.send(Message::new(init_id, ready));
+                    self.link.send(&Message::new(init_id, ready)).await;
                     eprintln!("{} ready (protocol {version})", self.id);
                     if self.state == State::Initialising {
                         self.state = State::Serving;
                     }
                 }
                 item = self.frames.next() => {
-                    if let Flow::Stop = self.on_item(item)? {
+                    if let Flow::Stop = self.on_item(item).await? {
                         return Ok(());
                     }
                 }
@@ -198,7 +215,7 @@ impl<P: ToruPlugin> Connection<P> {
             let msg = match frame.message() {
                 Ok(msg) => msg.into_owned(),
                 Err(e) => {
-                    self.refuse_malformed(&e);
+                    self.refuse_malformed(&e).await;
                     continue;
                 }
             };
@@ -207,50 +224,92 @@ impl<P: ToruPlugin> Connection<P> {
                 Payload::Init(init) => return Ok(Some((init, id))),
                 other if id.is_some() => {
                     let text = format!("expected init first, got {}", other.type_name());
-                    self.reply_error(id, error_code::BAD_REQUEST, text);
+                    self.reply_error(id, error_code::BAD_REQUEST, text).await;
                 }
                 _ => {}
             }
         }
     }
 
-    fn on_item(&mut self, item: Option<Result<Incoming, CodecError>>) -> Result<Flow, ServeError> {
+    async fn on_item(
+        &mut self,
+        item: Option<Result<Incoming, CodecError>>,
+    ) -> Result<Flow, ServeError> {
         let Some(incoming) = item.transpose()? else {
             return Ok(Flow::Stop);
         };
-        // This SDK agrees on protocol 1 only, which has no streams: a data frame is dropped.
-        let Some(frame) = incoming.into_frame() else {
-            tracing::debug!("ignored a data frame on a protocol 1 connection");
-            return Ok(Flow::Continue);
+        let frame = match incoming {
+            Incoming::Message(frame) => frame,
+            Incoming::Data(data) => {
+                self.on_data(data).await;
+                return Ok(Flow::Continue);
+            }
         };
         match frame.message() {
-            Ok(msg) => Ok(self.on_message(msg, frame.bytes())),
+            Ok(msg) => Ok(self.on_message(msg, frame.bytes()).await),
             Err(e) => {
-                self.refuse_malformed(&e);
+                self.refuse_malformed(&e).await;
                 Ok(Flow::Continue)
             }
         }
     }
 
-    fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
+    /// Hands a data frame to its stream. Frames for a stream that has ended, or that never had
+    /// data, are dropped; so is any data frame on a protocol 1 connection.
+    async fn on_data(&mut self, data: DataFrame) {
+        if self.version < STREAMS_VERSION {
+            tracing::debug!("ignored a data frame on a protocol 1 connection");
+            return;
+        }
+        let Some(stream) = self.in_flight.stream(data.stream) else {
+            return;
+        };
+        if let Err(e) = stream.push(data.flags, data.data) {
+            // The host broke flow control on this stream: end it, keep the others.
+            let text = format!(
+                "the host sent {} bytes on stream {} with {} left in its window",
+                e.len, data.stream, e.window
+            );
+            eprintln!("{}: {text}", self.id);
+            self.in_flight.cancel(data.stream);
+            self.reply_error(Some(data.stream), error_code::BAD_REQUEST, text)
+                .await;
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
         let id = msg.request_id;
         match msg.payload {
-            Payload::HttpRequest(req) => self.on_http(id, req, frame),
-            Payload::GetBundle => self.on_get_bundle(id),
+            Payload::HttpRequest(req) => self.on_http(id, req, frame).await,
+            Payload::GetBundle => self.on_get_bundle(id).await,
             Payload::Ping => {
-                self.link.send(Message::new(id, Payload::Pong));
+                self.link.send(&Message::new(id, Payload::Pong)).await;
             }
             Payload::Cancel => {
                 if let Some(id) = id {
                     self.in_flight.cancel(id);
                 }
             }
+            Payload::Credit(credit) => {
+                if let Some(stream) = id.and_then(|id| self.in_flight.stream(id)) {
+                    stream.credit(credit.bytes);
+                }
+            }
+            Payload::WsClose(close) => {
+                if let Some(stream) = id.and_then(|id| self.in_flight.stream(id)) {
+                    stream.end(Ended::ClientClosed(CloseFrame {
+                        code: close.code,
+                        reason: close.reason.into_string(),
+                    }));
+                }
+            }
+            Payload::Settings(update) => self.on_settings(update),
             Payload::Shutdown => {
                 if self.state == State::Initialising {
                     return Flow::Stop;
                 }
                 if !matches!(self.state, State::Draining(_)) {
-                    self.state = State::Draining(Instant::now() + DRAIN_TIMEOUT);
+                    self.start_draining();
                 }
             }
             Payload::KvResult(r) => self.on_reply(id, Ok(own_kv_result(r))),
@@ -264,15 +323,16 @@ impl<P: ToruPlugin> Connection<P> {
             Payload::Unknown(t) => {
                 if id.is_some() {
                     let text = format!("unknown message type {:?}", t.as_str());
-                    self.reply_error(id, error_code::UNKNOWN_TYPE, text);
+                    self.reply_error(id, error_code::UNKNOWN_TYPE, text).await;
                 }
             }
             Payload::Init(_) => {
-                self.reply_error(id, error_code::BAD_REQUEST, "init was already received");
+                self.reply_error(id, error_code::BAD_REQUEST, "init was already received")
+                    .await;
             }
             other @ (Payload::Kv(_) | Payload::Log(_)) => {
                 let text = format!("{} is sent by plugins, not by the host", other.type_name());
-                self.reply_error(id, error_code::BAD_REQUEST, text);
+                self.reply_error(id, error_code::BAD_REQUEST, text).await;
             }
             // Replies to requests this side never sends.
             other => tracing::debug!(r#type = other.type_name(), "ignored an unexpected reply"),
@@ -280,50 +340,114 @@ impl<P: ToruPlugin> Connection<P> {
         Flow::Continue
     }
 
-    fn on_http(&mut self, id: Option<RequestId>, req: HttpRequest<'_>, frame: &Bytes) {
+    /// `shutdown`: no new requests; event streams end at their next event and WebSockets
+    /// close with 1001 (their handlers send the `ws_close`, after anything already queued).
+    fn start_draining(&mut self) {
+        self.state = State::Draining(Instant::now() + DRAIN_TIMEOUT);
+        if let Some(ctx) = &self.ctx {
+            ctx.shutdown_token().cancel();
+        }
+        for ws in self.in_flight.websockets() {
+            ws.end(Ended::GoingAway);
+        }
+    }
+
+    fn on_settings(&mut self, update: SettingsUpdate) {
+        let Some(ctx) = &self.ctx else {
+            return;
+        };
+        let previous = ctx.settings();
+        ctx.apply_settings(update.settings, Some(&previous));
+        let (plugin, ctx) = (self.plugin.clone(), ctx.clone());
+        self.tasks
+            .spawn(async move { plugin.settings_changed(&ctx).await });
+    }
+
+    async fn on_http(&mut self, id: Option<RequestId>, req: HttpRequest<'_>, frame: &Bytes) {
         let Some(id) = id else {
             let text = "an http_request needs a request_id";
-            return self.reply_error(None, error_code::BAD_REQUEST, text);
+            return self.reply_error(None, error_code::BAD_REQUEST, text).await;
         };
         if let Some((code, text)) = self.refusal() {
-            return self.reply_error(Some(id), code, text);
+            return self.reply_error(Some(id), code, text).await;
         }
-        let req = match Request::from_wire(req, frame) {
-            Ok(req) => req,
-            Err(e) => return self.reply_error(Some(id), error_code::BAD_REQUEST, e.to_string()),
+        let (req, stream) = match self.request_from_wire(id, req, frame) {
+            Ok(parts) => parts,
+            Err(text) => {
+                return self
+                    .reply_error(Some(id), error_code::BAD_REQUEST, text)
+                    .await;
+            }
         };
         if !is_under(&req.path, &self.route) {
-            let res = Response::error(404, "not found").into_wire();
-            self.link
-                .send(Message::with_id(id, Payload::HttpResponse(res)));
-            return;
+            let res = Response::error(404, "not found");
+            return send_now(&self.link, id, self.version, res).await;
         }
         let ctx = self
             .ctx
             .clone()
             .expect("a context exists once init has come");
-        let (plugin, link) = (self.plugin.clone(), self.link.clone());
-        if !self
+        let call = Call {
+            plugin: self.plugin.clone(),
+            ctx,
+            req,
+            id,
+            link: self.link.clone(),
+            in_flight: self.in_flight.clone(),
+        };
+        let refused = self
             .in_flight
-            .spawn(&mut self.tasks, id, plugin, ctx, req, link)
-        {
-            let text = format!("request {id} is already in flight");
-            self.reply_error(Some(id), error_code::BAD_REQUEST, text);
-        }
+            .spawn(&mut self.tasks, id, stream, handle(call));
+        let text = match refused {
+            Ok(()) => return,
+            Err(Refused::Duplicate) => format!("request {id} is already in flight"),
+            Err(Refused::TooMany) => format!(
+                "{} requests are in flight, the most this plugin takes",
+                super::in_flight::MAX_IN_FLIGHT
+            ),
+        };
+        self.reply_error(Some(id), error_code::BAD_REQUEST, text)
+            .await;
     }
 
-    fn on_get_bundle(&mut self, id: Option<RequestId>) {
+    /// The handler's request and, in protocol 2, its stream when it has a body to stream in
+    /// or asks for a WebSocket.
+    fn request_from_wire(
+        &self,
+        id: RequestId,
+        req: HttpRequest<'_>,
+        frame: &Bytes,
+    ) -> Result<(Request, Option<Arc<Stream>>), String> {
+        let inline = req.body.is_some() || req.body_base64.is_some();
+        if self.version < STREAMS_VERSION || inline {
+            // Protocol 1, or a lenient reading of a protocol 2 request that carries its body.
+            return Request::from_wire_v1(req, frame)
+                .map(|r| (r, None))
+                .map_err(|e| e.to_string());
+        }
+        let websocket = req.upgrade.as_deref() == Some("websocket");
+        let has_body = req.end_stream == Some(false);
+        let stream = (websocket || has_body).then(|| Stream::new(id, self.link.clone(), websocket));
+        Ok((Request::from_wire_v2(req, stream.clone()), stream))
+    }
+
+    async fn on_get_bundle(&mut self, id: Option<RequestId>) {
         if let Some((code, text)) = self.refusal() {
-            return self.reply_error(id, code, text);
+            return self.reply_error(id, code, text).await;
         }
         match self.plugin.bundle() {
             Some(script) => {
                 let bundle = Bundle {
-                    script: script.to_owned().into(),
+                    script: CowStr::borrowed(script),
                 };
-                self.link.send(Message::new(id, Payload::Bundle(bundle)));
+                self.link
+                    .send(&Message::new(id, Payload::Bundle(bundle)))
+                    .await;
             }
-            None => self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend"),
+            None => {
+                self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend")
+                    .await;
+            }
         }
     }
 
@@ -346,16 +470,25 @@ impl<P: ToruPlugin> Connection<P> {
         }
     }
 
-    fn refuse_malformed(&self, e: &CodecError) {
+    async fn refuse_malformed(&self, e: &CodecError) {
         let id = match e {
             CodecError::Malformed { request_id, .. } => *request_id,
             _ => None,
         };
-        self.reply_error(id, error_code::BAD_REQUEST, error_chain(e));
+        self.reply_error(id, error_code::BAD_REQUEST, error_chain(e))
+            .await;
     }
 
-    fn reply_error(&self, id: Option<RequestId>, code: &'static str, text: impl Into<String>) {
-        self.link.send(Message::error(id, code, text.into()));
+    async fn reply_error(
+        &self,
+        id: Option<RequestId>,
+        code: &'static str,
+        text: impl Into<String>,
+    ) {
+        let text: String = text.into();
+        self.link
+            .send(&Message::error(id, code, CowStr::borrowed(&text)))
+            .await;
     }
 }
 
