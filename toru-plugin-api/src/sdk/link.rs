@@ -58,7 +58,7 @@ impl Link {
                 Some(buf.freeze())
             }
             Err(e) => {
-                eprintln!("dropped a {} message: {e}", msg.payload.type_name());
+                eprintln!("ERROR dropped a {} message: {e}", msg.payload.type_name());
                 None
             }
         }

@@ -186,7 +186,7 @@ impl<P: ToruPlugin> Connection<P> {
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     eprintln!(
-                        "{}: {} requests still running {}s after shutdown; closing anyway",
+                        "WARN {}: {} requests still running {}s after shutdown; closing anyway",
                         self.id,
                         self.tasks.len(),
                         DRAIN_TIMEOUT.as_secs()
@@ -270,7 +270,7 @@ impl<P: ToruPlugin> Connection<P> {
                 "the host sent {} bytes on stream {} with {} left in its window",
                 e.len, data.stream, e.window
             );
-            eprintln!("{}: {text}", self.id);
+            eprintln!("ERROR {}: {text}", self.id);
             self.in_flight.cancel(data.stream);
             self.reply_error(Some(data.stream), error_code::BAD_REQUEST, text)
                 .await;
