@@ -5,13 +5,17 @@
 //! cargo bench -p toru-benches --bench sdk_serve -- --warm-up-time 1 --measurement-time 5
 //! ```
 //!
-//! Each iteration sends 2,000 `GET /b/` requests (8 short headers, no body) and reads the 2,000
-//! replies (a 20-byte JSON body); the figure is requests per second through `serve`: decode,
-//! dispatch to a task, the handler, encode and write.
+//! - `get_small_json/protocol1` and `/protocol2`: each iteration sends 2,000 `GET /b/` requests
+//!   (8 short headers, no body) and reads the 2,000 replies (a 20-byte JSON body); the figure is
+//!   requests per second through `serve`: decode, dispatch to a task, the handler, encode and
+//!   write. Protocol 2 answers with a head and one data frame.
+//! - `download_64MiB/protocol2`: one `GET /b/download` whose handler streams 64 MiB in 64 KiB
+//!   chunks through a `BodyWriter`; the benchmark reads it like a fast client, giving credit for
+//!   each frame as it arrives. The figure is bytes per second through the SDK's data path.
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
@@ -26,6 +30,8 @@ use toru_plugin_api::{
 
 const BATCH: u64 = 2_000;
 const IN_FLIGHT: u64 = 64;
+const DOWNLOAD: u64 = 64 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
 
 struct Bench;
 
@@ -35,10 +41,23 @@ impl ToruPlugin for Bench {
         PluginMetadata::new("b", "B", "1", "/b")
     }
 
-    async fn handle_http(&self, _ctx: &PluginContext, _req: Request) -> HttpResult {
-        Ok(Response::json(
+    async fn handle_http(&self, _ctx: &PluginContext, req: Request) -> HttpResult {
+        if req.subpath() != "/download" {
+            return Ok(Response::json(
+                200,
+                &serde_json::json!({"message": "hello"}),
+            ));
+        }
+        let chunk = Bytes::from(vec![7u8; CHUNK]);
+        Ok(Response::streamed(
             200,
-            &serde_json::json!({"message": "hello"}),
+            "application/octet-stream",
+            move |mut body| async move {
+                for _ in 0..DOWNLOAD / CHUNK as u64 {
+                    body.send(chunk.clone()).await?;
+                }
+                Ok(())
+            },
         ))
     }
 }
@@ -140,6 +159,49 @@ async fn batch(conn: &mut Conn) {
     }
 }
 
+/// One download, read like a fast client: credit for every frame as it comes.
+async fn download(conn: &mut Conn) {
+    let id = conn.next_id;
+    conn.next_id += 1;
+    let req = HttpRequest {
+        method: "GET".into(),
+        path: "/b/download".into(),
+        query: "".into(),
+        headers: vec![],
+        body: None,
+        body_base64: None,
+        end_stream: Some(true),
+        upgrade: None,
+    };
+    let mut out = BytesMut::new();
+    let mut codec = FrameCodec::new();
+    codec
+        .encode(&Message::with_id(id, Payload::HttpRequest(req)), &mut out)
+        .unwrap();
+    conn.write.write_all(&out).await.unwrap();
+    let mut got = 0u64;
+    loop {
+        match conn.read.next().await.unwrap().unwrap() {
+            toru_plugin_api::Incoming::Message(_) => {}
+            toru_plugin_api::Incoming::Data(d) => {
+                got += d.data.len() as u64;
+                if d.flags.contains(toru_plugin_api::DataFlags::END) {
+                    break;
+                }
+                out.clear();
+                let credit = toru_plugin_api::protocol::Credit {
+                    bytes: d.data.len() as u32,
+                };
+                codec
+                    .encode(&Message::with_id(id, Payload::Credit(credit)), &mut out)
+                    .unwrap();
+                conn.write.write_all(&out).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(got, DOWNLOAD);
+}
+
 fn serve_loop(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -163,6 +225,23 @@ fn serve_loop(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("sdk_serve");
+    group.throughput(Throughput::Bytes(DOWNLOAD));
+    group.sample_size(20);
+    let mut conn = rt.block_on(connect(VersionRange { min: 1, max: 2 }));
+    group.bench_function("download_64MiB/protocol2", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    download(&mut conn).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
     group.finish();
 }
 

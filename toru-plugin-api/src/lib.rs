@@ -62,6 +62,12 @@ pub use sdk::{
     WebSocket, WebSocketUpgrade, WsMessage, run, serve,
 };
 
+/// The Rust examples of `docs/plugin-guide.md`, compiled as doctests so that the guide cannot
+/// drift from the SDK.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub struct PluginGuide;
+
 /// The attribute that `impl ToruPlugin` blocks need, re-exported so a plugin does not have to
 /// depend on `async-trait` itself.
 pub use async_trait::async_trait;
