@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
@@ -250,4 +250,26 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_secs(1));
     targets = serve_loop
 }
-criterion_main!(benches);
+/// With `SDK_SERVE_FIXED=N` set, runs N batches of `get_small_json` at protocol
+/// `SDK_SERVE_VERSION` (default 2) and exits, without criterion: a fixed workload to measure
+/// with `perf stat` or `valgrind`, which load on the machine does not change.
+fn main() {
+    if let Ok(batches) = std::env::var("SDK_SERVE_FIXED") {
+        let batches: u64 = batches.parse().expect("SDK_SERVE_FIXED is a number");
+        let max: u32 = std::env::var("SDK_SERVE_VERSION").map_or(2, |v| v.parse().unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = connect(VersionRange { min: 1, max }).await;
+            for _ in 0..batches {
+                batch(&mut conn).await;
+            }
+        });
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

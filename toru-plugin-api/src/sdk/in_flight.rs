@@ -149,6 +149,7 @@ pub(crate) async fn handle<P: ToruPlugin>(call: Call<P>) {
         link,
         in_flight,
     } = call;
+    let head_only = req.method == "HEAD";
     let outcome = AssertUnwindSafe(plugin.handle_http(&ctx, req))
         .catch_unwind()
         .await;
@@ -174,6 +175,7 @@ pub(crate) async fn handle<P: ToruPlugin>(call: Call<P>) {
         link,
         in_flight,
         ctx,
+        head_only,
     };
     respond(res, &responder).await;
 }

@@ -65,10 +65,16 @@ impl Link {
     }
 
     /// Queues a message, waiting for room. Returns false once the connection is closing.
-    pub(crate) async fn send(&self, msg: &Message<'_>) -> bool {
-        match self.encode(msg) {
-            Some(frame) => self.queue.push(Outgoing::Frames(frame)).await.is_ok(),
-            None => !self.queue.is_closed(),
+    ///
+    /// The message is encoded at the call, so the future holds only its bytes (these futures sit
+    /// in every request's task).
+    pub(crate) fn send(&self, msg: &Message<'_>) -> impl Future<Output = bool> + Send + '_ {
+        let frame = self.encode(msg);
+        async move {
+            match frame {
+                Some(frame) => self.queue.push(Outgoing::Frames(frame)).await.is_ok(),
+                None => !self.queue.is_closed(),
+            }
         }
     }
 
@@ -97,22 +103,27 @@ impl Link {
     }
 
     /// Queues a message and a data frame to be written together: a response's head and its
-    /// whole body.
-    pub(crate) async fn send_with_data(
+    /// whole body. Encoded at the call, as [`send`](Self::send).
+    pub(crate) fn send_with_data(
         &self,
         msg: &Message<'_>,
         stream: RequestId,
         flags: DataFlags,
         data: Bytes,
-    ) -> bool {
-        let (Some(frames), Some(head)) = (
+    ) -> impl Future<Output = bool> + Send + '_ {
+        let item = match (
             self.encode(msg),
             self.data_header(stream, flags, data.len()),
-        ) else {
-            return false;
+        ) {
+            (Some(frames), Some(head)) => Some(Outgoing::FramesAndData { frames, head, data }),
+            _ => None,
         };
-        let item = Outgoing::FramesAndData { frames, head, data };
-        self.queue.push(item).await.is_ok()
+        async move {
+            match item {
+                Some(item) => self.queue.push(item).await.is_ok(),
+                None => false,
+            }
+        }
     }
 
     fn data_header(

@@ -30,17 +30,40 @@ pub(crate) struct Responder {
     pub(crate) link: Arc<Link>,
     pub(crate) in_flight: InFlight,
     pub(crate) ctx: PluginContext,
+    /// The request was a `HEAD`: the response goes without its body (and a streamed body is
+    /// never produced), its headers as they are.
+    pub(crate) head_only: bool,
 }
 
 /// Sends `res` for the request, in the form the connection's protocol version takes.
+///
+/// The common case, a whole body that fits the window, stays in this future; the rest is boxed,
+/// so that the task every request spawns stays small.
 pub(crate) async fn respond(mut res: Response, r: &Responder) {
-    if r.ctx.protocol_version() < STREAMS_VERSION {
-        return respond_v1(res, r).await;
+    if r.head_only {
+        drop(res.take_producer());
+        res.body = Bytes::new();
     }
+    let v1 = r.ctx.protocol_version() < STREAMS_VERSION;
     match res.take_producer() {
-        None => whole_v2(res, r).await,
-        Some(Producer::Body(produce)) => streamed_v2(res, produce, r).await,
-        Some(Producer::WebSocket(stream, session)) => websocket_v2(res, stream, session, r).await,
+        None if v1 => {
+            if r.in_flight.finish(r.id) {
+                let msg = Message::with_id(r.id, Payload::HttpResponse(res.into_wire_v1()));
+                r.link.send(&msg).await;
+            }
+        }
+        None if res.body.len() <= STREAM_WINDOW as usize => {
+            if r.in_flight.finish(r.id) {
+                let body = std::mem::take(&mut res.body);
+                send_small_v2(&r.link, r.id, res, body).await;
+            }
+        }
+        None => Box::pin(large_v2(res, r)).await,
+        Some(producer) if v1 => Box::pin(produced_v1(res, producer, r)).await,
+        Some(Producer::Body(produce)) => Box::pin(streamed_v2(res, produce, r)).await,
+        Some(Producer::WebSocket(stream, session)) => {
+            Box::pin(websocket_v2(res, stream, session, r)).await;
+        }
     }
 }
 
@@ -67,11 +90,10 @@ async fn send_small_v2(link: &Link, id: RequestId, mut res: Response, body: Byte
     }
 }
 
-async fn respond_v1(mut res: Response, r: &Responder) {
-    let id = r.id;
-    match res.take_producer() {
-        None => {}
-        Some(Producer::Body(produce)) => {
+/// Protocol 1 has no streams: a streamed body is collected and sent whole.
+async fn produced_v1(mut res: Response, producer: Producer, r: &Responder) {
+    match producer {
+        Producer::Body(produce) => {
             let token = r.ctx.shutdown_token().clone();
             let (writer, collected) = BodyWriter::collecting(V1_BODY_LIMIT, token);
             if let Err(e) = run_caught(produce(writer)).await {
@@ -79,13 +101,13 @@ async fn respond_v1(mut res: Response, r: &Responder) {
             }
             res.body = collected.take();
         }
-        Some(Producer::WebSocket(..)) => {
+        Producer::WebSocket(..) => {
             let e = HttpError::internal("WebSockets need protocol 2");
             return fail(r, &e).await;
         }
     }
-    if r.in_flight.finish(id) {
-        let msg = Message::with_id(id, Payload::HttpResponse(res.into_wire_v1()));
+    if r.in_flight.finish(r.id) {
+        let msg = Message::with_id(r.id, Payload::HttpResponse(res.into_wire_v1()));
         r.link.send(&msg).await;
     }
 }
@@ -99,15 +121,9 @@ async fn fail(r: &Responder, e: &HttpError) {
     }
 }
 
-async fn whole_v2(mut res: Response, r: &Responder) {
+/// A whole body larger than the window: it goes out as the host gives credit.
+async fn large_v2(mut res: Response, r: &Responder) {
     let body = std::mem::take(&mut res.body);
-    if body.len() <= STREAM_WINDOW as usize {
-        if r.in_flight.finish(r.id) {
-            send_small_v2(&r.link, r.id, res, body).await;
-        }
-        return;
-    }
-    // More than the window: it goes out as the host gives credit.
     let Some(stream) = r.in_flight.attach(r.id, &r.link) else {
         return;
     };

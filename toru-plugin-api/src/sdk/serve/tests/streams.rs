@@ -459,3 +459,21 @@ async fn on_protocol_1_streams_are_collected_and_websockets_refused() {
     let msg = host.recv_skipping_logs().await;
     assert_eq!(error_code_of(&msg), "plugin_error");
 }
+
+#[tokio::test]
+async fn a_head_request_gets_the_head_only_and_nothing_is_produced() {
+    let mut host = Host::start();
+    host.init_v2().await;
+    let q = "n=100000000&chunk=65536";
+    host.request(1, "HEAD", "/t/download", q, Some(true), None)
+        .await;
+    host.event(&format!("start {q}")).await;
+    let head = host.recv().await;
+    assert_eq!(head_of(&head), (200, Some(true)));
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("application/octet-stream")
+    );
+    host.event(&format!("drop {q}")).await;
+    assert!(host.until_pong(2).await.is_empty());
+}
