@@ -140,7 +140,10 @@ pub(crate) struct Call<P> {
 /// Runs one handler and sends its response, unless a `cancel` came first. A handler's
 /// [`HttpError`](super::HttpError) becomes its JSON response (logged when it is a 5xx); a panic
 /// becomes an `error` reply with code `plugin_error`.
-pub(crate) async fn handle<P: ToruPlugin>(call: Call<P>) {
+///
+/// Not an `async fn`, which would hold `call` twice in the state of the task every request
+/// spawns.
+pub(crate) fn handle<P: ToruPlugin>(call: Call<P>) -> impl Future<Output = ()> + Send {
     let Call {
         plugin,
         ctx,
@@ -149,33 +152,35 @@ pub(crate) async fn handle<P: ToruPlugin>(call: Call<P>) {
         link,
         in_flight,
     } = call;
-    let head_only = req.method == "HEAD";
-    let outcome = AssertUnwindSafe(plugin.handle_http(&ctx, req))
-        .catch_unwind()
-        .await;
-    let res = match outcome {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
-            if e.status() >= 500 {
-                ctx.error(format!("request {id} failed: {e}"));
+    async move {
+        let head_only = req.method == "HEAD";
+        let outcome = AssertUnwindSafe(plugin.handle_http(&ctx, req))
+            .catch_unwind()
+            .await;
+        let res = match outcome {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                if e.status() >= 500 {
+                    ctx.error(format!("request {id} failed: {e}"));
+                }
+                e.into_response()
             }
-            e.into_response()
-        }
-        Err(panic) => {
-            let text = format!("the handler panicked: {}", panic_text(&*panic));
-            if in_flight.finish(id) {
-                link.send(&Message::error(Some(id), error_code::PLUGIN_ERROR, text))
-                    .await;
+            Err(panic) => {
+                let text = format!("the handler panicked: {}", panic_text(&*panic));
+                if in_flight.finish(id) {
+                    link.send(&Message::error(Some(id), error_code::PLUGIN_ERROR, text))
+                        .await;
+                }
+                return;
             }
-            return;
-        }
-    };
-    let responder = Responder {
-        id,
-        link,
-        in_flight,
-        ctx,
-        head_only,
-    };
-    respond(res, &responder).await;
+        };
+        let responder = Responder {
+            id,
+            link,
+            in_flight,
+            ctx,
+            head_only,
+        };
+        respond(res, responder).finish().await;
+    }
 }

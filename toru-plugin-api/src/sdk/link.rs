@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio_util::codec::Encoder as _;
 
 use super::error::KvError;
-use super::writer::{Outgoing, Queue, QueueError};
+use super::writer::{Outgoing, Pushing, Queue, QueueError};
 use crate::codec::{CodecError, DataFlags, DataFrame, FrameCodec};
 use crate::protocol::{ErrorReply, KvResult, Message, Payload, RequestId, error_code};
 
@@ -69,13 +69,40 @@ impl Link {
     /// The message is encoded at the call, so the future holds only its bytes (these futures sit
     /// in every request's task).
     pub(crate) fn send(&self, msg: &Message<'_>) -> impl Future<Output = bool> + Send + '_ {
-        let frame = self.encode(msg);
+        let pushing = self
+            .encode(msg)
+            .map(|f| self.queue.push(Outgoing::Frames(f)));
         async move {
-            match frame {
-                Some(frame) => self.queue.push(Outgoing::Frames(frame)).await.is_ok(),
+            match pushing {
+                Some(pushing) => pushing.await.is_ok(),
                 None => !self.queue.is_closed(),
             }
         }
+    }
+
+    /// A message encoded as an item for [`push`](Self::push); `None` when it cannot be encoded
+    /// (see [`encode`](Self::encode)).
+    pub(crate) fn message_item(&self, msg: &Message<'_>) -> Option<Outgoing> {
+        self.encode(msg).map(Outgoing::Frames)
+    }
+
+    /// A message and a data frame as one item for [`push`](Self::push), written together: a
+    /// response's head and its whole body.
+    pub(crate) fn message_and_data_item(
+        &self,
+        msg: &Message<'_>,
+        stream: RequestId,
+        flags: DataFlags,
+        data: Bytes,
+    ) -> Option<Outgoing> {
+        let frames = self.encode(msg)?;
+        let head = self.data_header(stream, flags, data.len())?;
+        Some(Outgoing::FramesAndData { frames, head, data })
+    }
+
+    /// Queues an item, waiting for room. Fails once the connection is closing.
+    pub(crate) fn push(&self, item: Outgoing) -> Pushing<'_> {
+        self.queue.push(item)
     }
 
     /// Queues a message if there is room now.
@@ -100,30 +127,6 @@ impl Link {
             return false;
         };
         self.queue.push(Outgoing::Data { head, data }).await.is_ok()
-    }
-
-    /// Queues a message and a data frame to be written together: a response's head and its
-    /// whole body. Encoded at the call, as [`send`](Self::send).
-    pub(crate) fn send_with_data(
-        &self,
-        msg: &Message<'_>,
-        stream: RequestId,
-        flags: DataFlags,
-        data: Bytes,
-    ) -> impl Future<Output = bool> + Send + '_ {
-        let item = match (
-            self.encode(msg),
-            self.data_header(stream, flags, data.len()),
-        ) {
-            (Some(frames), Some(head)) => Some(Outgoing::FramesAndData { frames, head, data }),
-            _ => None,
-        };
-        async move {
-            match item {
-                Some(item) => self.queue.push(item).await.is_ok(),
-                None => false,
-            }
-        }
     }
 
     fn data_header(

@@ -3,7 +3,9 @@
 //! producer fails after the head, or `ws_close` for a WebSocket.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,6 +19,7 @@ use super::link::Link;
 use super::response::{BoxedRun, Producer, Response};
 use super::stream::{Ended, Stream};
 use super::websocket::{WebSocket, send_close};
+use super::writer::Outgoing;
 use crate::codec::DataFlags;
 use crate::protocol::{Message, Payload, RequestId, STREAM_WINDOW, STREAMS_VERSION, error_code};
 
@@ -35,58 +38,101 @@ pub(crate) struct Responder {
     pub(crate) head_only: bool,
 }
 
+/// What is left to do, once [`respond`] has looked at a response.
+pub(crate) enum Respond {
+    /// Nothing: the request was cancelled, or the response could not be encoded.
+    Done,
+    /// Queue one item (the common case: a whole response).
+    Push(Arc<Link>, Outgoing),
+    /// Run this: a body that streams, or a WebSocket session.
+    Run(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Respond {
+    /// Does it.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would hold `self` twice in its state
+    pub(crate) fn finish(self) -> impl Future<Output = ()> + Send {
+        async move {
+            match self {
+                Respond::Done => {}
+                Respond::Push(link, item) => {
+                    let _ = link.push(item).await;
+                }
+                Respond::Run(run) => run.await,
+            }
+        }
+    }
+}
+
 /// Sends `res` for the request, in the form the connection's protocol version takes.
 ///
-/// The common case, a whole body that fits the window, stays in this future; the rest is boxed,
-/// so that the task every request spawns stays small.
-pub(crate) async fn respond(mut res: Response, r: &Responder) {
+/// The common case, a whole body that fits the window, is encoded here and only its queueing
+/// waits; the rest is boxed. That keeps small the task every request spawns.
+pub(crate) fn respond(mut res: Response, r: Responder) -> Respond {
     if r.head_only {
         drop(res.take_producer());
         res.body = Bytes::new();
     }
     let v1 = r.ctx.protocol_version() < STREAMS_VERSION;
-    match res.take_producer() {
+    let item = match res.take_producer() {
         None if v1 => {
-            if r.in_flight.finish(r.id) {
-                let msg = Message::with_id(r.id, Payload::HttpResponse(res.into_wire_v1()));
-                r.link.send(&msg).await;
+            if !r.in_flight.finish(r.id) {
+                return Respond::Done;
             }
+            let msg = Message::with_id(r.id, Payload::HttpResponse(res.into_wire_v1()));
+            r.link.message_item(&msg)
         }
         None if res.body.len() <= STREAM_WINDOW as usize => {
-            if r.in_flight.finish(r.id) {
-                let body = std::mem::take(&mut res.body);
-                send_small_v2(&r.link, r.id, res, body).await;
+            if !r.in_flight.finish(r.id) {
+                return Respond::Done;
             }
+            small_v2(&r.link, r.id, res)
         }
-        None => Box::pin(large_v2(res, r)).await,
-        Some(producer) if v1 => Box::pin(produced_v1(res, producer, r)).await,
-        Some(Producer::Body(produce)) => Box::pin(streamed_v2(res, produce, r)).await,
+        None => return Respond::Run(Box::pin(async move { large_v2(res, &r).await })),
+        Some(producer) if v1 => {
+            return Respond::Run(Box::pin(
+                async move { produced_v1(res, producer, &r).await },
+            ));
+        }
+        Some(Producer::Body(produce)) => {
+            return Respond::Run(Box::pin(async move { streamed_v2(res, produce, &r).await }));
+        }
         Some(Producer::WebSocket(stream, session)) => {
-            Box::pin(websocket_v2(res, stream, session, r)).await;
+            return Respond::Run(Box::pin(async move {
+                websocket_v2(res, stream, session, &r).await;
+            }));
         }
+    };
+    match item {
+        Some(item) => Respond::Push(r.link, item),
+        None => Respond::Done,
     }
 }
 
-/// A response that does not depend on a request in flight (a 404 for a path outside the
-/// route): sent at once, whole.
-pub(crate) async fn send_now(link: &Link, id: RequestId, version: u32, mut res: Response) {
+/// A whole response that does not depend on a request in flight (a 404 for a path outside the
+/// route), encoded as one item in the form the protocol version takes.
+pub(crate) fn whole_item(
+    link: &Link,
+    id: RequestId,
+    version: u32,
+    res: Response,
+) -> Option<Outgoing> {
     if version < STREAMS_VERSION {
         let msg = Message::with_id(id, Payload::HttpResponse(res.into_wire_v1()));
-        link.send(&msg).await;
-        return;
+        return link.message_item(&msg);
     }
-    let body = std::mem::take(&mut res.body);
-    send_small_v2(link, id, res, body).await;
+    small_v2(link, id, res)
 }
 
-/// A head and a body of at most the window, in one write.
-async fn send_small_v2(link: &Link, id: RequestId, mut res: Response, body: Bytes) {
+/// A head and a body of at most the window, as one item: written together.
+fn small_v2(link: &Link, id: RequestId, mut res: Response) -> Option<Outgoing> {
+    let body = std::mem::take(&mut res.body);
     if body.is_empty() {
         let head = Message::with_id(id, Payload::HttpResponse(res.head(true)));
-        link.send(&head).await;
+        link.message_item(&head)
     } else {
         let head = Message::with_id(id, Payload::HttpResponse(res.head(false)));
-        link.send_with_data(&head, id, DataFlags::END, body).await;
+        link.message_and_data_item(&head, id, DataFlags::END, body)
     }
 }
 

@@ -26,10 +26,10 @@ use super::in_flight::{Call, InFlight, Refused, handle};
 use super::link::{Link, Reply};
 use super::plugin::ToruPlugin;
 use super::request::Request;
-use super::respond::send_now;
+use super::respond::whole_item;
 use super::response::Response;
 use super::stream::{CloseFrame, Ended, Stream};
-use super::writer::{Queue, write_loop};
+use super::writer::{Outgoing, Queue, write_loop};
 use crate::codec::{CodecError, DataFrame, FrameCodec, Incoming};
 use crate::license::check_init;
 use crate::protocol::{
@@ -96,8 +96,9 @@ enum State {
     Draining(Instant),
 }
 
+/// What the reader does after a frame: carry on (sending this first), or stop.
 enum Flow {
-    Continue,
+    Continue(Option<Outgoing>),
     Stop,
 }
 
@@ -130,11 +131,11 @@ impl<P: ToruPlugin> Connection<P> {
                 host: init.protocol,
                 plugin: plugin_range,
             };
-            self.reply_error(
+            self.push(self.reply_error(
                 init_id,
                 error_code::UNSUPPORTED_PROTOCOL_VERSION,
                 err.to_string(),
-            )
+            ))
             .await;
             return Err(err);
         };
@@ -145,7 +146,7 @@ impl<P: ToruPlugin> Connection<P> {
                 Ok(claims) => Some(claims),
                 Err(e) => {
                     let e = InitError::refused(e.to_string());
-                    self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e))
+                    self.push(self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e)))
                         .await;
                     return Err(ServeError::InitRefused(e));
                 }
@@ -167,8 +168,8 @@ impl<P: ToruPlugin> Connection<P> {
                 result = poll_some(&mut init_fut), if init_fut.is_some() => {
                     init_fut = None;
                     if let Err(e) = result {
-                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e))
-                            .await;
+                        self.push(self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e)))
+                        .await;
                         return Err(ServeError::InitRefused(e));
                     }
                     let ready = Payload::Ready(Ready { protocol_version: version });
@@ -179,8 +180,14 @@ impl<P: ToruPlugin> Connection<P> {
                     }
                 }
                 item = self.frames.next() => {
-                    if let Flow::Stop = self.on_item(item).await? {
-                        return Ok(());
+                    match self.on_item(item)? {
+                        Flow::Stop => return Ok(()),
+                        Flow::Continue(None) => {}
+                        // Waiting for room here is what stops reading from a host that does
+                        // not read.
+                        Flow::Continue(Some(out)) => {
+                            let _ = self.link.push(out).await;
+                        }
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
@@ -215,7 +222,7 @@ impl<P: ToruPlugin> Connection<P> {
             let msg = match frame.message() {
                 Ok(msg) => msg.into_owned(),
                 Err(e) => {
-                    self.refuse_malformed(&e).await;
+                    self.push(self.refuse_malformed(&e)).await;
                     continue;
                 }
             };
@@ -224,76 +231,64 @@ impl<P: ToruPlugin> Connection<P> {
                 Payload::Init(init) => return Ok(Some((init, id))),
                 other if id.is_some() => {
                     let text = format!("expected init first, got {}", other.type_name());
-                    self.reply_error(id, error_code::BAD_REQUEST, text).await;
+                    self.push(self.reply_error(id, error_code::BAD_REQUEST, text))
+                        .await;
                 }
                 _ => {}
             }
         }
     }
 
-    async fn on_item(
-        &mut self,
-        item: Option<Result<Incoming, CodecError>>,
-    ) -> Result<Flow, ServeError> {
+    fn on_item(&mut self, item: Option<Result<Incoming, CodecError>>) -> Result<Flow, ServeError> {
         let Some(incoming) = item.transpose()? else {
             return Ok(Flow::Stop);
         };
         let frame = match incoming {
             Incoming::Message(frame) => frame,
-            Incoming::Data(data) => {
-                self.on_data(data).await;
-                return Ok(Flow::Continue);
-            }
+            Incoming::Data(data) => return Ok(Flow::Continue(self.on_data(data))),
         };
         match frame.message() {
-            Ok(msg) => Ok(self.on_message(msg, frame.bytes()).await),
-            Err(e) => {
-                self.refuse_malformed(&e).await;
-                Ok(Flow::Continue)
-            }
+            Ok(msg) => Ok(self.on_message(msg, frame.bytes())),
+            Err(e) => Ok(Flow::Continue(self.refuse_malformed(&e))),
         }
     }
 
     /// Hands a data frame to its stream. Frames for a stream that has ended, or that never had
     /// data, are dropped; so is any data frame on a protocol 1 connection.
-    async fn on_data(&mut self, data: DataFrame) {
+    fn on_data(&mut self, data: DataFrame) -> Option<Outgoing> {
         if self.version < STREAMS_VERSION {
             tracing::debug!("ignored a data frame on a protocol 1 connection");
-            return;
+            return None;
         }
-        let Some(stream) = self.in_flight.stream(data.stream) else {
-            return;
-        };
-        if let Err(e) = stream.push(data.flags, data.data) {
-            // The host broke flow control on this stream: end it, keep the others.
-            let text = format!(
-                "the host sent {} bytes on stream {} with {} left in its window",
-                e.len, data.stream, e.window
-            );
-            eprintln!("ERROR {}: {text}", self.id);
-            self.in_flight.cancel(data.stream);
-            self.reply_error(Some(data.stream), error_code::BAD_REQUEST, text)
-                .await;
-        }
+        let stream = self.in_flight.stream(data.stream)?;
+        let e = stream.push(data.flags, data.data).err()?;
+        // The host broke flow control on this stream: end it, keep the others.
+        let text = format!(
+            "the host sent {} bytes on stream {} with {} left in its window",
+            e.len, data.stream, e.window
+        );
+        eprintln!("ERROR {}: {text}", self.id);
+        self.in_flight.cancel(data.stream);
+        self.reply_error(Some(data.stream), error_code::BAD_REQUEST, text)
     }
 
-    async fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
+    fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
         let id = msg.request_id;
-        match msg.payload {
-            Payload::HttpRequest(req) => self.on_http(id, req, frame).await,
-            Payload::GetBundle => self.on_get_bundle(id).await,
-            Payload::Ping => {
-                self.link.send(&Message::new(id, Payload::Pong)).await;
-            }
+        let out = match msg.payload {
+            Payload::HttpRequest(req) => self.on_http(id, req, frame),
+            Payload::GetBundle => self.on_get_bundle(id),
+            Payload::Ping => self.link.message_item(&Message::new(id, Payload::Pong)),
             Payload::Cancel => {
                 if let Some(id) = id {
                     self.in_flight.cancel(id);
                 }
+                None
             }
             Payload::Credit(credit) => {
                 if let Some(stream) = id.and_then(|id| self.in_flight.stream(id)) {
                     stream.credit(credit.bytes);
                 }
+                None
             }
             Payload::WsClose(close) => {
                 if let Some(stream) = id.and_then(|id| self.in_flight.stream(id)) {
@@ -302,8 +297,12 @@ impl<P: ToruPlugin> Connection<P> {
                         reason: close.reason.into_string(),
                     }));
                 }
+                None
             }
-            Payload::Settings(update) => self.on_settings(update),
+            Payload::Settings(update) => {
+                self.on_settings(update);
+                None
+            }
             Payload::Shutdown => {
                 if self.state == State::Initialising {
                     return Flow::Stop;
@@ -311,33 +310,39 @@ impl<P: ToruPlugin> Connection<P> {
                 if !matches!(self.state, State::Draining(_)) {
                     self.start_draining();
                 }
+                None
             }
-            Payload::KvResult(r) => self.on_reply(id, Ok(own_kv_result(r))),
-            Payload::Error(e) => self.on_reply(
-                id,
-                Err(ErrorReply {
+            Payload::KvResult(r) => {
+                self.on_reply(id, Ok(own_kv_result(r)));
+                None
+            }
+            Payload::Error(e) => {
+                let reply = ErrorReply {
                     code: e.code.into_owned(),
                     message: e.message.into_owned(),
-                }),
-            ),
-            Payload::Unknown(t) => {
-                if id.is_some() {
-                    let text = format!("unknown message type {:?}", t.as_str());
-                    self.reply_error(id, error_code::UNKNOWN_TYPE, text).await;
-                }
+                };
+                self.on_reply(id, Err(reply));
+                None
             }
+            Payload::Unknown(t) if id.is_some() => {
+                let text = format!("unknown message type {:?}", t.as_str());
+                self.reply_error(id, error_code::UNKNOWN_TYPE, text)
+            }
+            Payload::Unknown(_) => None,
             Payload::Init(_) => {
                 self.reply_error(id, error_code::BAD_REQUEST, "init was already received")
-                    .await;
             }
             other @ (Payload::Kv(_) | Payload::Log(_)) => {
                 let text = format!("{} is sent by plugins, not by the host", other.type_name());
-                self.reply_error(id, error_code::BAD_REQUEST, text).await;
+                self.reply_error(id, error_code::BAD_REQUEST, text)
             }
             // Replies to requests this side never sends.
-            other => tracing::debug!(r#type = other.type_name(), "ignored an unexpected reply"),
-        }
-        Flow::Continue
+            other => {
+                tracing::debug!(r#type = other.type_name(), "ignored an unexpected reply");
+                None
+            }
+        };
+        Flow::Continue(out)
     }
 
     /// `shutdown`: no new requests; event streams end at their next event and WebSockets
@@ -363,25 +368,26 @@ impl<P: ToruPlugin> Connection<P> {
             .spawn(async move { plugin.settings_changed(&ctx).await });
     }
 
-    async fn on_http(&mut self, id: Option<RequestId>, req: HttpRequest<'_>, frame: &Bytes) {
+    fn on_http(
+        &mut self,
+        id: Option<RequestId>,
+        req: HttpRequest<'_>,
+        frame: &Bytes,
+    ) -> Option<Outgoing> {
         let Some(id) = id else {
             let text = "an http_request needs a request_id";
-            return self.reply_error(None, error_code::BAD_REQUEST, text).await;
+            return self.reply_error(None, error_code::BAD_REQUEST, text);
         };
         if let Some((code, text)) = self.refusal() {
-            return self.reply_error(Some(id), code, text).await;
+            return self.reply_error(Some(id), code, text);
         }
         let (req, stream) = match self.request_from_wire(id, req, frame) {
             Ok(parts) => parts,
-            Err(text) => {
-                return self
-                    .reply_error(Some(id), error_code::BAD_REQUEST, text)
-                    .await;
-            }
+            Err(text) => return self.reply_error(Some(id), error_code::BAD_REQUEST, text),
         };
         if !is_under(&req.path, &self.route) {
             let res = Response::error(404, "not found");
-            return send_now(&self.link, id, self.version, res).await;
+            return whole_item(&self.link, id, self.version, res);
         }
         let ctx = self
             .ctx
@@ -399,7 +405,7 @@ impl<P: ToruPlugin> Connection<P> {
             .in_flight
             .spawn(&mut self.tasks, id, stream, handle(call));
         let text = match refused {
-            Ok(()) => return,
+            Ok(()) => return None,
             Err(Refused::Duplicate) => format!("request {id} is already in flight"),
             Err(Refused::TooMany) => format!(
                 "{} requests are in flight, the most this plugin takes",
@@ -407,7 +413,6 @@ impl<P: ToruPlugin> Connection<P> {
             ),
         };
         self.reply_error(Some(id), error_code::BAD_REQUEST, text)
-            .await;
     }
 
     /// The handler's request and, in protocol 2, its stream when it has a body to stream in
@@ -431,9 +436,9 @@ impl<P: ToruPlugin> Connection<P> {
         Ok((Request::from_wire_v2(req, stream.clone()), stream))
     }
 
-    async fn on_get_bundle(&mut self, id: Option<RequestId>) {
+    fn on_get_bundle(&mut self, id: Option<RequestId>) -> Option<Outgoing> {
         if let Some((code, text)) = self.refusal() {
-            return self.reply_error(id, code, text).await;
+            return self.reply_error(id, code, text);
         }
         match self.plugin.bundle() {
             Some(script) => {
@@ -441,13 +446,9 @@ impl<P: ToruPlugin> Connection<P> {
                     script: CowStr::borrowed(script),
                 };
                 self.link
-                    .send(&Message::new(id, Payload::Bundle(bundle)))
-                    .await;
+                    .message_item(&Message::new(id, Payload::Bundle(bundle)))
             }
-            None => {
-                self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend")
-                    .await;
-            }
+            None => self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend"),
         }
     }
 
@@ -470,25 +471,31 @@ impl<P: ToruPlugin> Connection<P> {
         }
     }
 
-    async fn refuse_malformed(&self, e: &CodecError) {
+    fn refuse_malformed(&self, e: &CodecError) -> Option<Outgoing> {
         let id = match e {
             CodecError::Malformed { request_id, .. } => *request_id,
             _ => None,
         };
         self.reply_error(id, error_code::BAD_REQUEST, error_chain(e))
-            .await;
     }
 
-    async fn reply_error(
+    /// An `error` reply, encoded.
+    fn reply_error(
         &self,
         id: Option<RequestId>,
         code: &'static str,
         text: impl Into<String>,
-    ) {
+    ) -> Option<Outgoing> {
         let text: String = text.into();
         self.link
-            .send(&Message::error(id, code, CowStr::borrowed(&text)))
-            .await;
+            .message_item(&Message::error(id, code, CowStr::borrowed(&text)))
+    }
+
+    /// Queues `out`, if any, waiting for room.
+    async fn push(&self, out: Option<Outgoing>) {
+        if let Some(out) = out {
+            let _ = self.link.push(out).await;
+        }
     }
 }
 

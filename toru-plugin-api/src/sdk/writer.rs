@@ -6,7 +6,10 @@
 //! down instead of growing its memory. A data frame's bytes are written from their own buffer,
 //! not copied into the queue.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
@@ -65,6 +68,23 @@ pub(crate) struct Queue {
     room: Arc<Semaphore>,
 }
 
+/// The future of [`Queue::push`].
+pub(crate) enum Pushing<'a> {
+    Done(Option<Result<(), QueueError>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<(), QueueError>> + Send + 'a>>),
+}
+
+impl Future for Pushing<'_> {
+    type Output = Result<(), QueueError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Pushing::Done(result) => Poll::Ready(result.take().expect("polled after completion")),
+            Pushing::Waiting(wait) => wait.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Why an item was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueueError {
@@ -87,8 +107,27 @@ impl Queue {
     }
 
     /// Queues `item`, waiting for room first. Fails once the connection is closing.
-    pub(crate) async fn push(&self, item: Outgoing) -> Result<(), QueueError> {
+    ///
+    /// When there is room (almost always) the item is queued at the call, and the future is
+    /// ready; only a wait is boxed. This future sits in every request's task, so it is kept
+    /// small.
+    pub(crate) fn push(&self, item: Outgoing) -> Pushing<'_> {
         let permits = permits_for(item.len());
+        match self.room.try_acquire_many(permits) {
+            Ok(permit) => {
+                permit.forget();
+                Pushing::Done(Some(self.send(item, permits)))
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                Pushing::Done(Some(Err(QueueError::Closed)))
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                Pushing::Waiting(Box::pin(self.push_when_room(item, permits)))
+            }
+        }
+    }
+
+    async fn push_when_room(&self, item: Outgoing, permits: u32) -> Result<(), QueueError> {
         let permit = self
             .room
             .acquire_many(permits)
