@@ -40,7 +40,13 @@ export function mount(container, api) {
     ticks.title = "";
   };
   events.onerror = () => {
-    ticks.title = "reconnecting\u2026";
+    if (events.readyState === EventSource.CLOSED) {
+      // Not a dropped connection but a refusal (an older Toru answers 501): no retrying.
+      ticks.textContent = "unavailable";
+      ticks.title = "live ticks need a Toru host that speaks protocol 2";
+    } else {
+      ticks.title = "reconnecting\u2026";
+    }
   };
   cleanups.set(container, () => events.close());
 

@@ -161,7 +161,14 @@ async fn sha256(_: PluginContext, mut req: Request) -> HttpResult {
 }
 
 /// `GET /hello-rust/ticks`: an event stream with one event a second, its data counting from 1.
-async fn ticks(_: PluginContext, _: Request) -> HttpResult {
+async fn ticks(ctx: PluginContext, _: Request) -> HttpResult {
+    if ctx.protocol_version() < 2 {
+        // A protocol 1 host would wait for the endless stream to end; say so at once instead.
+        return Ok(Response::error(
+            501,
+            "live ticks need a host that speaks protocol 2",
+        ));
+    }
     Ok(Response::sse(|mut sse| async move {
         let mut every_second = tokio::time::interval(Duration::from_secs(1));
         for n in 1u64.. {
