@@ -16,6 +16,7 @@
 //! | `ws` | WebSocket echo, fragments, flow control both ways, close both ways, shutdown (1001) | `GET /ws` |
 //! | `bytes` | a streamed download: exact bytes, waiting for credit, cancel stops the producer | `GET /bytes?n=N` |
 //! | `sha256` | a streamed upload, credited as the plugin reads it | `POST /sha256` |
+//! | `settings` | a `greeting` setting from `init`, and applied live from a `settings` message | `GET /` greets with it |
 //!
 //! Each plugin runs `common` and the groups it implements; every check becomes its own test,
 //! named `plugin::group::check` (`cargo test -p hello-plugin-rust --test conformance python::`).
@@ -35,6 +36,7 @@ mod conformance {
     pub(crate) mod bytes;
     pub(crate) mod common;
     pub(crate) mod host;
+    pub(crate) mod settings;
     pub(crate) mod sha256;
     pub(crate) mod ticks;
     pub(crate) mod ws;
@@ -138,6 +140,13 @@ macro_rules! conformance_tests {
             sha256_on_protocol_1,
         ]);
     };
+    (@group $plugin:ident settings) => {
+        conformance_tests!(@checks $plugin settings [
+            settings_declared,
+            settings_from_init,
+            settings_applied_live,
+        ]);
+    };
     (@checks $plugin:ident $group:ident [$($check:ident),+ $(,)?]) => {
         mod $group {
             $(
@@ -151,8 +160,8 @@ macro_rules! conformance_tests {
 }
 
 conformance_tests! {
-    rust: [common, ticks, ws, bytes, sha256],
-    // The Python example speaks protocol 1 on this branch; `ticks` and `ws` join when it
-    // speaks 2.
+    rust: [common, ticks, ws, bytes, sha256, settings],
+    // The Python example speaks protocol 1 and has no settings on this branch; `ticks`, `ws`
+    // and `settings` join when it has them.
     python: [common],
 }
