@@ -1,6 +1,7 @@
 //! One conformance suite, written once and run against every example plugin as a real process.
 //!
-//! The suite plays the host over a real Unix socket (`conformance/host.rs`): it spawns the
+//! The suite plays the host over a real Unix socket (`conformance/host.rs`, with its socket and
+//! stderr tasks in `conformance/io.rs`): it spawns the
 //! plugin with `TORU_SOCKET_PATH` pointing into a temp dir, connects, offers protocol 1..=2 in
 //! `init`, and checks what `docs/protocol.md` asks of every plugin, plus the example plugins'
 //! routes. In protocol 2 it sends request bodies as data frames within the plugin's credit,
@@ -36,6 +37,7 @@ mod conformance {
     pub(crate) mod bytes;
     pub(crate) mod common;
     pub(crate) mod host;
+    pub(crate) mod io;
     pub(crate) mod settings;
     pub(crate) mod sha256;
     pub(crate) mod ticks;

@@ -9,10 +9,14 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
+use super::dispatch::is_under;
 use super::*;
-use crate::codec::{DataFlags, DataFrame};
+use crate::codec::{CodecError, DataFlags, DataFrame, Incoming};
 use crate::protocol::{EXIT_CONFIG, HttpResponse, KvRequest, Level, PluginMetadata};
+use crate::protocol::{HttpRequest, KvResult};
 use crate::sdk::error::HttpResult;
+use crate::sdk::request::Request;
+use crate::sdk::response::Response;
 use crate::sdk::run::effective_metadata;
 use crate::sdk::{HttpError, WsMessage};
 
