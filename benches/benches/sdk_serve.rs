@@ -12,6 +12,17 @@
 //! - `download_64MiB/protocol2`: one `GET /b/download` whose handler streams 64 MiB in 64 KiB
 //!   chunks through a `BodyWriter`; the benchmark reads it like a fast client, giving credit for
 //!   each frame as it arrives. The figure is bytes per second through the SDK's data path.
+//!
+//! On a shared machine the throughput varies with the load; the instructions a fixed workload
+//! takes do not. `SDK_SERVE_FIXED=N` runs N batches of `get_small_json` and exits:
+//!
+//! ```text
+//! cargo bench -p toru-benches --bench sdk_serve --no-run   # prints the executable's path
+//! SDK_SERVE_FIXED=10 SDK_SERVE_VERSION=2 valgrind --tool=callgrind <executable>
+//! ```
+//!
+//! The instructions reported, divided by the 20,000 requests, are the cost per request (the
+//! benchmark's own side of the socket included).
 
 use std::time::{Duration, Instant};
 
