@@ -2,12 +2,15 @@
 //!
 //! A Toru plugin is an executable that the host starts as its own process. It prints its
 //! metadata when run with `--metadata`; otherwise it listens on the Unix socket named by
-//! `TORU_SOCKET_PATH`, accepts the host's connection and exchanges length-prefixed JSON messages
-//! with it (see `docs/protocol.md`).
+//! `TORU_SOCKET_PATH`, accepts the host's connection and exchanges length-prefixed frames with
+//! it: JSON messages, and in protocol 2 the raw bytes of bodies and WebSocket messages (see
+//! `docs/protocol.md`).
 //!
 //! - [`protocol`]: the messages, as plain serde types with no I/O.
 //! - [`codec`]: the frame codec, a tokio-util `Decoder`/`Encoder`.
-//! - [`sdk`]: [`ToruPlugin`] and [`run`]. Implement the trait, call `run` from `main`.
+//! - [`sdk`]: build a [`Plugin`] from [`PluginMetadata`] and a [`Router`] (or implement
+//!   [`ToruPlugin`]), call [`run`] from `main`. Streamed bodies, server-sent events and
+//!   WebSockets (protocol 2) are in the [`sdk`] docs.
 //! - [`license`]: license keys bound to a plugin and a host's instance id (Ed25519 or
 //!   HMAC-SHA256), checked by the SDK before `init` when [`ToruPlugin::license`] returns a policy.
 //!
@@ -15,51 +18,31 @@
 //!
 //! # A whole plugin
 //!
+//! Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
+//! `?` turns a KV failure into a 500 and a body that is not the JSON expected into a 400; the
+//! router answers 404 and 405 itself.
+//!
 //! ```no_run
-//! use toru_plugin_api::{PluginContext, PluginMetadata, Request, Response, ToruPlugin};
+//! use serde_json::json;
+//! use toru_plugin_api::{HttpResult, Plugin, PluginContext, PluginMetadata, Request, Response, Router};
 //!
-//! struct Counter;
+//! async fn hello(ctx: PluginContext, _: Request) -> HttpResult {
+//!     Ok(Response::json(200, &json!({ "hello": ctx.instance_id() })))
+//! }
 //!
-//! #[toru_plugin_api::async_trait]
-//! impl ToruPlugin for Counter {
-//!     fn metadata(&self) -> PluginMetadata {
-//!         PluginMetadata {
-//!             id: "counter".into(),
-//!             name: "Counter".into(),
-//!             version: "0.1.0".into(),
-//!             author: "Toru".into(),
-//!             description: "Counts visits in the host's key-value store.".into(),
-//!             icon: "🔢".into(),
-//!             route: "/counter".into(),
-//!             protocol: None, // filled in by the SDK
-//!             frontend: false,
-//!             license_required: false,
-//!             ..Default::default()
-//!         }
-//!     }
-//!
-//!     async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
-//!         match (req.method.as_str(), req.subpath()) {
-//!             ("POST", "/visit") => {
-//!                 let kv = ctx.kv();
-//!                 let n = match kv.get("visits").await {
-//!                     Ok(v) => v.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1,
-//!                     Err(e) => return Response::error(500, &e.to_string()),
-//!                 };
-//!                 if let Err(e) = kv.set("visits", &n.to_string()).await {
-//!                     return Response::error(500, &e.to_string());
-//!                 }
-//!                 ctx.info(format!("visit {n}"));
-//!                 Response::json(200, &serde_json::json!({ "visits": n }))
-//!             }
-//!             (_, "/visit") => Response::error(405, "method not allowed"),
-//!             _ => Response::error(404, "not found"),
-//!         }
-//!     }
+//! async fn visit(ctx: PluginContext, _: Request) -> HttpResult {
+//!     let visits = ctx.kv().get("visits").await?.and_then(|v| v.parse().ok()).unwrap_or(0u64) + 1;
+//!     ctx.kv().set("visits", &visits.to_string()).await?;
+//!     ctx.info(format!("visit {visits}"));
+//!     Ok(Response::json(200, &json!({ "visits": visits })))
 //! }
 //!
 //! fn main() {
-//!     toru_plugin_api::run(Counter)
+//!     let meta = PluginMetadata::new("counter", "Counter", "0.1.0", "/counter")
+//!         .with_description("Counts visits in the host's key-value store.")
+//!         .with_icon("🔢");
+//!     let routes = Router::new().get("/", hello).post("/visit", visit);
+//!     toru_plugin_api::run(Plugin::new(meta, routes))
 //! }
 //! ```
 #![deny(missing_docs)]
@@ -74,8 +57,16 @@ mod testutil;
 pub use codec::{CodecError, DataFlags, DataFrame, Frame, FrameCodec, Incoming};
 pub use protocol::{Level, Message, Payload, PluginMetadata};
 pub use sdk::{
-    InitError, Kv, KvError, PluginContext, Request, Response, ServeError, ToruPlugin, run, serve,
+    Body, BodyWriter, CloseFrame, HttpError, HttpResult, InitError, IntoResponse, Kv, KvError,
+    Plugin, PluginContext, Request, Response, Router, ServeError, Sse, StreamError, ToruPlugin,
+    WebSocket, WebSocketUpgrade, WsMessage, run, serve,
 };
+
+/// The Rust examples of `docs/plugin-guide.md`, compiled as doctests so that the guide cannot
+/// drift from the SDK.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub struct PluginGuide;
 
 /// The attribute that `impl ToruPlugin` blocks need, re-exported so a plugin does not have to
 /// depend on `async-trait` itself.

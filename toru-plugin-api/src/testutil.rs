@@ -29,3 +29,17 @@ pub(crate) fn variant_index(p: &Payload<'_>) -> usize {
 
 /// How many payload variants there are.
 pub(crate) const VARIANTS: usize = 18;
+
+/// A context on protocol `version` with no settings, whose messages wait in the returned
+/// receiver.
+pub(crate) fn context(version: u32) -> (crate::PluginContext, crate::sdk::testing::Receiver) {
+    let (queue, rx) = crate::sdk::testing::Queue::new();
+    let init: crate::protocol::Init<'_> = serde_json::from_str(
+        r#"{"protocol":{"min":1,"max":2},"instance_id":"i-1","plugin_id":"p",
+            "socket_path":"/s","log_path":"/l"}"#,
+    )
+    .expect("a valid init");
+    let link = std::sync::Arc::new(crate::sdk::testing::Link::new(queue));
+    let ctx = crate::PluginContext::new(init, version, link, None, Vec::new());
+    (ctx, rx)
+}

@@ -9,7 +9,8 @@
 use serde_json::json;
 use toru_plugin_api::license::LicensePolicy;
 use toru_plugin_api::{
-    InitError, PluginContext, PluginMetadata, Request, Response, ToruPlugin, async_trait,
+    HttpError, HttpResult, InitError, PluginContext, PluginMetadata, Request, Response, ToruPlugin,
+    async_trait,
 };
 
 /// The id licenses are issued for. The plugin checks keys against this, not against the id a
@@ -44,21 +45,19 @@ fn policy() -> LicensePolicy {
 #[async_trait]
 impl ToruPlugin for HelloLicensed {
     fn metadata(&self) -> PluginMetadata {
-        PluginMetadata {
-            id: ID.into(),
-            name: "Hello (licensed)".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            author: "Toru".into(),
-            description: "A proprietary plugin example: runs only with a license key for this \
-                          instance, and shows what the license grants."
-                .into(),
-            icon: "🔑".into(),
-            route: "/hello-licensed".into(),
-            protocol: None, // the SDK fills in the versions it speaks
-            frontend: false,
-            license_required: true, // the SDK would set it too, since license() is Some
-            ..Default::default()
-        }
+        // The SDK fills in `protocol`, and `license_required` since license() is Some.
+        PluginMetadata::new(
+            ID,
+            "Hello (licensed)",
+            env!("CARGO_PKG_VERSION"),
+            "/hello-licensed",
+        )
+        .with_author("Toru")
+        .with_description(
+            "A proprietary plugin example: runs only with a license key for this instance, \
+                 and shows what the license grants.",
+        )
+        .with_icon("🔑")
     }
 
     fn license(&self) -> Option<&LicensePolicy> {
@@ -76,12 +75,15 @@ impl ToruPlugin for HelloLicensed {
         Ok(())
     }
 
-    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
+    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> HttpResult {
         let Some(license) = ctx.license() else {
             // Unreachable through the SDK, which checks the license before any request.
-            return Response::error(503, "the plugin has not checked its license yet");
+            return Err(HttpError::new(
+                503,
+                "the plugin has not checked its license yet",
+            ));
         };
-        match (req.method.as_str(), req.subpath()) {
+        Ok(match (req.method.as_str(), req.subpath()) {
             ("GET", "" | "/") => Response::json(
                 200,
                 &json!({
@@ -105,7 +107,7 @@ impl ToruPlugin for HelloLicensed {
             ),
             (_, "" | "/" | "/report") => Response::error(405, "method not allowed"),
             _ => Response::error(404, "not found"),
-        }
+        })
     }
 }
 
@@ -124,8 +126,9 @@ mod tests {
 
     #[test]
     fn metadata_is_valid_and_requires_a_license() {
-        let meta = HelloLicensed::default().metadata();
-        assert_eq!(meta.validate(), Ok(()));
-        assert!(meta.license_required);
+        let plugin = HelloLicensed::default();
+        assert_eq!(plugin.metadata().validate(), Ok(()));
+        // What makes the SDK print `"license_required": true` for `--metadata`.
+        assert!(plugin.license().is_some());
     }
 }

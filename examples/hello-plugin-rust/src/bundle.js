@@ -1,6 +1,9 @@
 // hello-rust's page in the Toru UI: an ES module with mount(container, api) and unmount(container).
 const PLUGIN_ID = "hello-rust";
 
+// What unmount must undo for each container mount rendered into (the live ticks' EventSource).
+const cleanups = new WeakMap();
+
 // api.fetch returns a Response like window.fetch.
 async function readJson(response) {
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -23,8 +26,29 @@ export function mount(container, api) {
   const count = el("span", { id: "hello-rust-count", className: "hello-count count" }, "\u2013");
   const row = el("p", { className: "hello-row" });
   row.append(button, " ", count);
-  root.append(heading, greeting, row);
+  const ticks = el("span", { id: "hello-rust-ticks", className: "count" }, "\u2013");
+  const live = el("p", { className: "hello-row hello-rust-live" });
+  live.append("Live ticks from the plugin: ", ticks);
+  root.append(heading, greeting, row, live);
   container.append(root);
+
+  // GET /hello-rust/ticks is a server-sent event stream: one event a second, counting from 1.
+  // EventSource reconnects by itself when the plugin restarts (the count starts again at 1).
+  const events = new EventSource(`${api.route}ticks`);
+  events.onmessage = (event) => {
+    ticks.textContent = event.data;
+    ticks.title = "";
+  };
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED) {
+      // Not a dropped connection but a refusal (an older Toru answers 501): no retrying.
+      ticks.textContent = "unavailable";
+      ticks.title = "live ticks need a Toru host that speaks protocol 2";
+    } else {
+      ticks.title = "reconnecting\u2026";
+    }
+  };
+  cleanups.set(container, () => events.close());
 
   api.fetch("")
     .then(readJson)
@@ -51,6 +75,8 @@ export function mount(container, api) {
 }
 
 export function unmount(container) {
+  cleanups.get(container)?.();
+  cleanups.delete(container);
   container.replaceChildren();
   window.__toruUnmounted = PLUGIN_ID;
 }

@@ -1,21 +1,53 @@
-//! One conformance suite, written once and run against every example plugin as real processes:
-//! the Rust one, the Python one on the Python SDK, and the protocol 1 Python one.
+//! One conformance suite, written once and run against every example plugin as a real process:
+//! the Rust one, the Python one on the Python SDK, the Node.js one on the Node.js SDK, and the
+//! protocol 1 Python one written with the standard library only.
 //!
-//! The suite plays the host over a real Unix socket: it spawns the plugin with
-//! `TORU_SOCKET_PATH` pointing into a temp dir, connects, and checks the behaviour that
-//! `docs/protocol.md` asks of every plugin, plus the example plugins' routes. Each check is its
-//! own test per plugin: `rust::metadata`, `python::metadata`, `node::metadata`, and so on. The
-//! suite's host offers only protocol 1, so it also proves that plugins speaking 1..=2 serve a
-//! version 1 host.
+//! The suite plays the host over a real Unix socket (`conformance/host.rs`, with its socket and
+//! stderr tasks in `conformance/io.rs`): it spawns the
+//! plugin with `TORU_SOCKET_PATH` pointing into a temp dir, connects, offers protocol 1..=2 in
+//! `init`, and checks what `docs/protocol.md` asks of every plugin, plus the example plugins'
+//! routes. In protocol 2 it sends request bodies as data frames within the plugin's credit,
+//! gives credit for what it reads, and fails a check when the plugin sends past the window it
+//! was given.
+//!
+//! The checks come in groups, one module each:
+//!
+//! | group | checks | routes it needs |
+//! |---|---|---|
+//! | `common` | start-up, versions (a version 1 host included), requests, KV, cancel, bad input, shutdown | `/`, `/count`, `/echo`, `/slow`, the bundle |
+//! | `ticks` | server-sent events: the first event before the end, cancel, shutdown | `GET /ticks` |
+//! | `ws` | WebSocket echo, fragments, flow control both ways, close both ways, shutdown (1001) | `GET /ws` |
+//! | `bytes` | a streamed download: exact bytes, waiting for credit, cancel stops the producer | `GET /bytes?n=N` |
+//! | `sha256` | a streamed upload, credited as the plugin reads it | `POST /sha256` |
+//! | `settings` | a `greeting` setting from `init`, and applied live from a `settings` message | `GET /` greets with it |
+//!
+//! Each plugin runs `common` and the groups it implements; every check becomes its own test,
+//! named `plugin::group::check` (`cargo test -p hello-plugin-rust --test conformance python::`).
+//!
+//! # Adding a plugin
+//!
+//! 1. Write a function returning its [`Target`]: the executable (a path in the repository, or
+//!    `env!("CARGO_BIN_EXE_...")` for a binary of this package), the id, name, icon and greeting
+//!    its metadata and `GET /` must show, and the protocol range its metadata states.
+//! 2. Add a line `name: [common, group, ...]` to `conformance_tests!` below, with the groups it
+//!    implements.
+//!
+//! A new group is a module under `conformance/` with `pub(crate) async fn check(t: &Target)`
+//! functions, and an arm in the macro listing them.
 
 mod conformance {
-    pub(crate) mod checks;
+    pub(crate) mod bytes;
+    pub(crate) mod common;
     pub(crate) mod host;
+    pub(crate) mod io;
+    pub(crate) mod settings;
+    pub(crate) mod sha256;
+    pub(crate) mod ticks;
+    pub(crate) mod ws;
 }
 
 use std::path::PathBuf;
 
-use conformance::checks;
 use conformance::host::Target;
 use toru_plugin_api::protocol::VersionRange;
 
@@ -27,11 +59,10 @@ fn rust() -> Target {
         icon: "🦀",
         greeting: "Hello from Rust!",
         version: "0.1.0",
-        protocol: VersionRange { min: 1, max: 1 },
+        protocol: VersionRange { min: 1, max: 2 },
     }
 }
 
-/// The Python example, on the Python SDK (`toru_plugin.py` beside it).
 fn python() -> Target {
     Target {
         exe: PathBuf::from(concat!(
@@ -79,49 +110,99 @@ fn node() -> Target {
     }
 }
 
-/// For each plugin, a module with one `#[tokio::test]` per check.
+/// For each plugin, a module per group with one `#[tokio::test]` per check.
 macro_rules! conformance_tests {
-    ([$($plugin:ident),+ $(,)?], $checks:tt) => {
-        $( conformance_tests!(@plugin $plugin, $checks); )+
+    ($($plugin:ident: [$($group:ident),+ $(,)?]),+ $(,)?) => {
+        $(
+            mod $plugin {
+                $( conformance_tests!(@group $plugin $group); )+
+            }
+        )+
     };
-    (@plugin $plugin:ident, [$($check:ident),+ $(,)?]) => {
-        mod $plugin {
+    (@group $plugin:ident common) => {
+        conformance_tests!(@checks $plugin common [
+            metadata,
+            started_by_hand,
+            init_ready,
+            protocol_1_host,
+            request_before_init,
+            version_mismatch,
+            greeting,
+            echo,
+            slow,
+            method_not_allowed,
+            not_found,
+            kv_counter,
+            kv_error,
+            concurrent_requests,
+            bundle,
+            ping_during_slow_request,
+            cancel,
+            unknown_type,
+            garbage_frame,
+            oversized_frame,
+            shutdown,
+            eof,
+        ]);
+    };
+    (@group $plugin:ident ticks) => {
+        conformance_tests!(@checks $plugin ticks [
+            ticks_count_from_one,
+            ticks_cancel,
+            ticks_end_at_shutdown,
+        ]);
+    };
+    (@group $plugin:ident ws) => {
+        conformance_tests!(@checks $plugin ws [
+            ws_echo,
+            ws_fragments,
+            ws_larger_than_the_window,
+            ws_client_closes,
+            ws_cancel,
+            ws_closed_at_shutdown,
+            ws_needs_an_upgrade,
+        ]);
+    };
+    (@group $plugin:ident bytes) => {
+        conformance_tests!(@checks $plugin bytes [
+            bytes_exact,
+            bytes_wait_for_credit,
+            bytes_cancel_stops_the_producer,
+            bytes_on_protocol_1,
+        ]);
+    };
+    (@group $plugin:ident sha256) => {
+        conformance_tests!(@checks $plugin sha256 [
+            sha256_of_uploads,
+            sha256_credits_as_it_reads,
+            sha256_on_protocol_1,
+        ]);
+    };
+    (@group $plugin:ident settings) => {
+        conformance_tests!(@checks $plugin settings [
+            settings_declared,
+            settings_from_init,
+            settings_applied_live,
+        ]);
+    };
+    (@checks $plugin:ident $group:ident [$($check:ident),+ $(,)?]) => {
+        mod $group {
             $(
                 #[tokio::test]
                 async fn $check() {
-                    super::checks::$check(&super::$plugin()).await;
+                    crate::conformance::$group::$check(&crate::$plugin()).await;
                 }
             )+
         }
     };
 }
 
-conformance_tests!(
-    [rust, python, python_v1, node],
-    [
-        metadata,
-        started_by_hand,
-        init_ready,
-        request_before_init,
-        version_mismatch,
-        greeting,
-        echo,
-        slow,
-        method_not_allowed,
-        not_found,
-        kv_counter,
-        kv_error,
-        concurrent_requests,
-        bundle,
-        ping_during_slow_request,
-        cancel,
-        unknown_type,
-        garbage_frame,
-        oversized_frame,
-        shutdown,
-        eof,
-    ]
-);
+conformance_tests! {
+    rust: [common, ticks, ws, bytes, sha256, settings],
+    python: [common, ticks, ws, settings],
+    node: [common, ticks, ws, settings],
+    python_v1: [common],
+}
 
 /// The smallest complete Python plugin, as `docs/plugin-guide.md` shows it: extracted from the
 /// page, installed with the SDK module beside it in a temp plugins folder, and run for real with
@@ -130,7 +211,7 @@ mod python_guide_plugin {
     use std::path::Path;
 
     use serde_json::{Value, json};
-    use toru_plugin_api::protocol::{Payload, VersionRange};
+    use toru_plugin_api::protocol::VersionRange;
 
     use super::conformance::host::{Plugin, Target};
 
@@ -159,12 +240,8 @@ mod python_guide_plugin {
 
     async fn call(plugin: &mut Plugin, method: &str, path: &str) -> (u16, Value) {
         let id = plugin.http(method, path, "");
-        let reply = plugin.reply(Some(id)).await;
-        let Payload::HttpResponse(res) = &reply.payload else {
-            panic!("expected http_response, got {reply:?}");
-        };
-        let body = res.body.as_deref().expect("a JSON body");
-        (res.status, serde_json::from_str(body).expect("JSON"))
+        let res = plugin.response(id).await;
+        (res.status, serde_json::from_slice(&res.body).expect("JSON"))
     }
 
     #[tokio::test]

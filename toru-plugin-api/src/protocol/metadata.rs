@@ -89,6 +89,66 @@ fn is_slug(s: &str) -> bool {
 }
 
 impl PluginMetadata {
+    /// Metadata with the four fields every plugin needs; the others are empty, and the Rust SDK
+    /// fills in `protocol`, `frontend` and `license_required` itself. Add the rest with the
+    /// `with_*` setters.
+    ///
+    /// ```
+    /// use toru_plugin_api::PluginMetadata;
+    /// use toru_plugin_api::protocol::{SettingKind, SettingSpec};
+    /// let meta = PluginMetadata::new("weather", "Weather", "1.2.0", "/weather")
+    ///     .with_author("You")
+    ///     .with_description("Today's weather.")
+    ///     .with_icon("⛅")
+    ///     .with_setting(SettingSpec::new("city", SettingKind::String, "City").with_default("Oslo"));
+    /// assert_eq!(meta.validate(), Ok(()));
+    /// ```
+    pub fn new(
+        id: impl Into<String>,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        route: impl Into<String>,
+    ) -> Self {
+        PluginMetadata {
+            id: id.into(),
+            name: name.into(),
+            version: version.into(),
+            route: route.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets who wrote the plugin.
+    pub fn with_author(mut self, author: impl Into<String>) -> Self {
+        self.author = author.into();
+        self
+    }
+
+    /// Sets the description: one or two sentences on what the plugin does.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Sets the icon: an emoji or a short text.
+    pub fn with_icon(mut self, icon: impl Into<String>) -> Self {
+        self.icon = icon.into();
+        self
+    }
+
+    /// Declares a setting (see [`SettingSpec`]); the form shows them in this order.
+    pub fn with_setting(mut self, setting: SettingSpec) -> Self {
+        self.settings.push(setting);
+        self
+    }
+
+    /// Says the plugin applies changed settings while it runs (it handles the `settings`
+    /// message), so the host does not restart it to apply them.
+    pub fn with_live_settings(mut self) -> Self {
+        self.live_settings = true;
+        self
+    }
+
     /// Checks the id and route patterns and the field lengths.
     ///
     /// # Errors

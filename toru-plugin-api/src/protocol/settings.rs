@@ -99,6 +99,58 @@ fn value_error(why: impl Into<String>) -> SettingError {
 pub const MAX_TEXT_SETTING: usize = 64 * 1024;
 
 impl SettingSpec {
+    /// A setting called `name` of type `kind`, labelled `label` in the form; not required, no
+    /// default, no help.
+    ///
+    /// ```
+    /// use toru_plugin_api::protocol::{SettingKind, SettingSpec};
+    /// let greeting = SettingSpec::new("greeting", SettingKind::String, "Greeting")
+    ///     .with_default("Hello")
+    ///     .with_help("The word the plugin greets with.");
+    /// assert_eq!(greeting.validate(), Ok(()));
+    /// let mode = SettingSpec::new("mode", SettingKind::Choice, "Mode").with_choices(["fast", "safe"]);
+    /// assert_eq!(mode.validate(), Ok(()));
+    /// ```
+    pub fn new(name: impl Into<String>, kind: SettingKind, label: impl Into<String>) -> Self {
+        SettingSpec {
+            name: name.into(),
+            label: label.into(),
+            kind,
+            default: None,
+            required: false,
+            help: String::new(),
+            choices: Vec::new(),
+        }
+    }
+
+    /// Sets the default value.
+    pub fn with_default(mut self, value: impl Into<Value>) -> Self {
+        self.default = Some(value.into());
+        self
+    }
+
+    /// Sets the help sentence.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = help.into();
+        self
+    }
+
+    /// Marks the setting as required.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// Sets the choices (for a [`SettingKind::Choice`]).
+    pub fn with_choices<I, T>(mut self, choices: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.choices = choices.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Checks the declaration itself: the name's pattern, `choices` for a choice and only for
     /// a choice, no default for a secret, and a default that fits the type.
     ///

@@ -1,107 +1,20 @@
 //! What a plugin knows about its host: ids, settings, the KV client and logging.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use tokio::sync::{mpsc, oneshot};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::error::KvError;
+use super::link::Link;
+use super::writer::QueueError;
 use crate::license::LicenseClaims;
-
 use crate::protocol::{
-    CowStr, ErrorReply, Init, KV_LIST_MAX, KvRequest, KvResult, Level, LogRecord, Message, Payload,
-    RequestId,
+    CowStr, Init, KV_LIST_MAX, KvRequest, Level, LogRecord, Message, Payload, SettingSpec,
 };
-
-/// What the writer task is fed: messages in order, then `Close`.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Message(Message<'static>),
-    /// Write what came before, then close the connection.
-    Close,
-}
-
-/// A reply to one of the plugin's own requests.
-pub(crate) type Reply = Result<KvResult<'static>, ErrorReply<'static>>;
-
-/// The plugin's side of the connection, shared by the serve loop and every context clone.
-#[derive(Debug)]
-pub(crate) struct Link {
-    out: mpsc::UnboundedSender<Outgoing>,
-    /// The plugin's own requests waiting for a reply, by request id.
-    pending: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
-    next_id: AtomicU64,
-}
-
-impl Link {
-    pub(crate) fn new(out: mpsc::UnboundedSender<Outgoing>) -> Self {
-        Link {
-            out,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    /// Queues a message for the writer. Returns false once the connection is closing.
-    pub(crate) fn send(&self, msg: Message<'static>) -> bool {
-        self.out.send(Outgoing::Message(msg)).is_ok()
-    }
-
-    /// Asks the writer to close the connection after everything queued so far.
-    pub(crate) fn close(&self) {
-        let _ = self.out.send(Outgoing::Close);
-    }
-
-    /// Routes a reply to the request waiting for it. Returns false when none is.
-    pub(crate) fn resolve(&self, id: RequestId, reply: Reply) -> bool {
-        let waiter = self.lock_pending().remove(&id);
-        waiter.is_some_and(|tx| tx.send(reply).is_ok())
-    }
-
-    /// Fails every request still waiting, once the host is gone.
-    pub(crate) fn disconnect(&self) {
-        self.lock_pending().clear();
-    }
-
-    fn lock_pending(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<RequestId, oneshot::Sender<Reply>>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends a request and waits for its reply.
-    async fn call(&self, payload: Payload<'static>) -> Result<KvResult<'static>, KvError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.lock_pending().insert(id, tx);
-        // Removes the entry if the caller stops waiting (a cancelled handler).
-        let _guard = PendingGuard { link: self, id };
-        if !self.send(Message::with_id(id, payload)) {
-            return Err(KvError::Disconnected);
-        }
-        match rx.await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) => Err(KvError::Host {
-                code: e.code.into_string(),
-                message: e.message.into_string(),
-            }),
-            Err(_) => Err(KvError::Disconnected),
-        }
-    }
-}
-
-struct PendingGuard<'a> {
-    link: &'a Link,
-    id: RequestId,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        self.link.lock_pending().remove(&self.id);
-    }
-}
 
 /// The plugin's key-value store, kept by the host in its own namespace. Get it from
 /// [`PluginContext::kv`]. Every call is one request to the host; many may be in flight at once.
@@ -116,7 +29,7 @@ impl Kv {
     /// # Errors
     /// [`KvError`] when the host refuses or the connection is gone.
     pub async fn get(&self, key: &str) -> Result<Option<String>, KvError> {
-        let key = CowStr::from(key.to_owned());
+        let key = CowStr::from(key);
         let result = self.link.call(Payload::Kv(KvRequest::Get { key })).await?;
         Ok(result.value.map(CowStr::into_string))
     }
@@ -127,7 +40,7 @@ impl Kv {
     /// [`KvError`] when the host refuses (a key or value too large, the quota full) or the
     /// connection is gone.
     pub async fn set(&self, key: &str, value: &str) -> Result<(), KvError> {
-        let (key, value) = (key.to_owned().into(), value.to_owned().into());
+        let (key, value) = (key.into(), value.into());
         self.link
             .call(Payload::Kv(KvRequest::Set { key, value }))
             .await?;
@@ -139,7 +52,7 @@ impl Kv {
     /// # Errors
     /// [`KvError`] when the host refuses or the connection is gone.
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
-        let key = CowStr::from(key.to_owned());
+        let key = CowStr::from(key);
         let result = self
             .link
             .call(Payload::Kv(KvRequest::Delete { key }))
@@ -178,8 +91,8 @@ impl Kv {
         limit: u32,
     ) -> Result<Vec<String>, KvError> {
         let request = KvRequest::List {
-            prefix: prefix.to_owned().into(),
-            after: after.map(|a| a.to_owned().into()),
+            prefix: prefix.into(),
+            after: after.map(Into::into),
             limit: Some(limit),
         };
         let result = self.link.call(Payload::Kv(request)).await?;
@@ -206,10 +119,13 @@ struct Inner {
     instance_id: String,
     plugin_id: String,
     log_path: PathBuf,
-    settings: BTreeMap<String, serde_json::Value>,
+    /// The declarations from the metadata, for defaults and checks.
+    specs: Vec<SettingSpec>,
+    settings: RwLock<Arc<BTreeMap<String, Value>>>,
     protocol_version: u32,
     kv: Kv,
     license: Option<LicenseClaims>,
+    shutdown: CancellationToken,
 }
 
 impl PluginContext {
@@ -218,18 +134,23 @@ impl PluginContext {
         protocol_version: u32,
         link: Arc<Link>,
         license: Option<LicenseClaims>,
+        specs: Vec<SettingSpec>,
     ) -> Self {
-        PluginContext {
+        let ctx = PluginContext {
             inner: Arc::new(Inner {
                 instance_id: init.instance_id.into_string(),
                 plugin_id: init.plugin_id.into_string(),
                 log_path: PathBuf::from(init.log_path.as_str()),
-                settings: init.settings,
+                specs,
+                settings: RwLock::new(Arc::default()),
                 protocol_version,
                 kv: Kv { link },
                 license,
+                shutdown: CancellationToken::new(),
             }),
-        }
+        };
+        ctx.apply_settings(init.settings, None);
+        ctx
     }
 
     /// The license the SDK accepted for this run, for a plugin whose
@@ -253,14 +174,70 @@ impl PluginContext {
         &self.inner.log_path
     }
 
-    /// The plugin's settings from the host's configuration.
-    pub fn settings(&self) -> &BTreeMap<String, serde_json::Value> {
-        &self.inner.settings
+    /// The plugin's settings now: those from `init`, replaced by each `settings` message (for a
+    /// plugin with `live_settings`). A setting declared in the metadata with a `default` and
+    /// not set has its default.
+    pub fn settings(&self) -> Arc<BTreeMap<String, Value>> {
+        self.inner
+            .settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// One setting, for example `license_key`.
-    pub fn setting(&self, name: &str) -> Option<&serde_json::Value> {
-        self.inner.settings.get(name)
+    pub fn setting(&self, name: &str) -> Option<Value> {
+        self.settings().get(name).cloned()
+    }
+
+    /// One setting as a `T` (a `String`, a number, a `bool`); `None` when it is not set or has
+    /// another type.
+    ///
+    /// ```no_run
+    /// # fn f(ctx: &toru_plugin_api::PluginContext) {
+    /// let greeting: String = ctx.setting_as("greeting").unwrap_or_else(|| "Hello".into());
+    /// # }
+    /// ```
+    pub fn setting_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        self.settings()
+            .get(name)
+            .and_then(|v| T::deserialize(v).ok())
+    }
+
+    /// Replaces the settings with `values`: each declared setting is checked against its
+    /// declaration, and one that does not fit is logged (at level error, without its value) and
+    /// left as it was; a declared setting without a value gets its default.
+    pub(crate) fn apply_settings(
+        &self,
+        mut values: BTreeMap<String, Value>,
+        previous: Option<&BTreeMap<String, Value>>,
+    ) {
+        for spec in &self.inner.specs {
+            match values.get(&spec.name) {
+                Some(Value::Null) | None => {
+                    values.remove(&spec.name);
+                }
+                Some(value) => {
+                    if let Err(e) = spec.check(value) {
+                        self.error(format!("ignored the value of setting {:?}: {e}", spec.name));
+                        values.remove(&spec.name);
+                        if let Some(old) = previous.and_then(|p| p.get(&spec.name)) {
+                            values.insert(spec.name.clone(), old.clone());
+                        }
+                    }
+                }
+            }
+            if !values.contains_key(&spec.name)
+                && let Some(default) = &spec.default
+            {
+                values.insert(spec.name.clone(), default.clone());
+            }
+        }
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(values);
     }
 
     /// The protocol version agreed with the host.
@@ -273,18 +250,35 @@ impl PluginContext {
         &self.inner.kv
     }
 
-    /// Sends a line to the plugin's log on the host. Never waits; a line sent after the
-    /// connection closed is dropped.
+    /// Whether the host has asked the plugin to shut down. Requests in flight may still finish
+    /// (for up to 5 s); long-running work (an event stream, a background loop) should end.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Waits until the host asks the plugin to shut down (at once when it has).
+    pub async fn shutting_down(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Sends a line to the plugin's log on the host. Never waits: while the host is not reading
+    /// fast enough to leave room for it, the line goes to stderr instead (which the host also
+    /// logs), and after the connection closed it is dropped.
     pub fn log(&self, level: Level, message: impl Into<String>) {
+        let message = message.into();
         let record = LogRecord {
             level,
-            message: message.into().into(),
+            message: CowStr::borrowed(&message),
             error: None,
         };
-        self.inner
-            .kv
-            .link
-            .send(Message::new(None, Payload::Log(record)));
+        let msg = Message::new(None, Payload::Log(record));
+        if let Err(QueueError::Full) = self.inner.kv.link.try_send(&msg) {
+            eprintln!("{} {message}", level.as_str().to_ascii_uppercase());
+        }
     }
 
     /// [`log`](Self::log) at [`Level::Debug`].
@@ -312,24 +306,70 @@ impl PluginContext {
 mod tests {
     use super::*;
 
-    fn context() -> (PluginContext, mpsc::UnboundedReceiver<Outgoing>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let init: Init<'_> = serde_json::from_str(
-            r#"{"protocol":{"min":1,"max":1},"instance_id":"i-1","plugin_id":"p",
-                "socket_path":"/s","log_path":"/l/p.log","settings":{"license_key":"k"}}"#,
-        )
-        .unwrap();
-        (
-            PluginContext::new(init, 1, Arc::new(Link::new(tx)), None),
-            rx,
-        )
+    use crate::protocol::{ErrorReply, KvResult, SettingKind};
+    use crate::sdk::writer::{Queue, Receiver};
+
+    fn context_with(specs: Vec<SettingSpec>, settings: &str) -> (PluginContext, Receiver) {
+        let (queue, rx) = Queue::new();
+        let json = format!(
+            r#"{{"protocol":{{"min":1,"max":1}},"instance_id":"i-1","plugin_id":"p",
+                "socket_path":"/s","log_path":"/l/p.log","settings":{settings}}}"#
+        );
+        let init: Init<'_> = serde_json::from_str(&json).unwrap();
+        let link = Arc::new(Link::new(queue));
+        (PluginContext::new(init, 1, link, None, specs), rx)
     }
 
-    fn next(rx: &mut mpsc::UnboundedReceiver<Outgoing>) -> Message<'static> {
-        match rx.try_recv() {
-            Ok(Outgoing::Message(m)) => m,
-            other => panic!("expected a queued message, got {other:?}"),
-        }
+    fn context() -> (PluginContext, Receiver) {
+        context_with(Vec::new(), r#"{"license_key":"k"}"#)
+    }
+
+    fn next(rx: &mut Receiver) -> Message<'static> {
+        rx.try_next_message().expect("a queued message")
+    }
+
+    fn greeting_spec() -> Vec<SettingSpec> {
+        vec![SettingSpec {
+            name: "greeting".into(),
+            label: "Greeting".into(),
+            kind: SettingKind::String,
+            default: Some(serde_json::json!("Hello")),
+            required: false,
+            help: String::new(),
+            choices: Vec::new(),
+        }]
+    }
+
+    #[test]
+    fn declared_settings_get_defaults_and_bad_values_are_ignored_and_logged() {
+        let (ctx, mut rx) = context_with(greeting_spec(), r#"{"other":1}"#);
+        assert_eq!(
+            ctx.setting_as::<String>("greeting").as_deref(),
+            Some("Hello")
+        );
+        assert_eq!(ctx.setting_as::<u32>("other"), Some(1));
+        assert_eq!(ctx.setting_as::<String>("other"), None);
+        let old = ctx.settings();
+        let howdy = serde_json::from_str(r#"{"greeting":"Howdy"}"#).unwrap();
+        ctx.apply_settings(howdy, Some(&old));
+        assert_eq!(
+            ctx.setting_as::<String>("greeting").as_deref(),
+            Some("Howdy")
+        );
+        let old = ctx.settings();
+        let bad = serde_json::from_str(r#"{"greeting":5}"#).unwrap();
+        ctx.apply_settings(bad, Some(&old));
+        assert_eq!(
+            ctx.setting_as::<String>("greeting").as_deref(),
+            Some("Howdy")
+        );
+        let Payload::Log(log) = next(&mut rx).payload else {
+            panic!("expected a log line")
+        };
+        assert_eq!(log.level, Level::Error);
+        assert!(log.message.contains("greeting"), "{}", log.message);
+        assert!(!log.message.contains('5'), "the value is not logged");
+        assert!(old.contains_key("greeting"), "a snapshot does not change");
     }
 
     #[test]
@@ -338,7 +378,7 @@ mod tests {
         assert_eq!(ctx.instance_id(), "i-1");
         assert_eq!(ctx.plugin_id(), "p");
         assert_eq!(ctx.log_path(), Path::new("/l/p.log"));
-        assert_eq!(ctx.setting("license_key"), Some(&serde_json::json!("k")));
+        assert_eq!(ctx.setting("license_key"), Some(serde_json::json!("k")));
         assert_eq!(ctx.protocol_version(), 1);
     }
 
@@ -368,10 +408,7 @@ mod tests {
         let second = tokio::spawn(async move { kv.delete("b").await });
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let msg = match rx.recv().await {
-                Some(Outgoing::Message(m)) => m,
-                other => panic!("expected a kv request, got {other:?}"),
-            };
+            let msg = rx.next_message().await.expect("a kv request");
             ids.push((msg.request_id.unwrap(), msg.payload));
         }
         ids.sort_by_key(|(id, _)| *id);
@@ -404,14 +441,14 @@ mod tests {
         let link = ctx.inner.kv.link.clone();
         let kv = ctx.kv().clone();
         let call = tokio::spawn(async move { kv.get("a").await });
-        let _ = rx.recv().await;
+        let _ = rx.next_message().await;
         assert_eq!(link.lock_pending().len(), 1);
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());
         assert!(link.lock_pending().is_empty());
         let kv = ctx.kv().clone();
         let waiting = tokio::spawn(async move { kv.set("a", "b").await });
-        let _ = rx.recv().await;
+        let _ = rx.next_message().await;
         link.disconnect();
         assert_eq!(waiting.await.unwrap(), Err(KvError::Disconnected));
     }
@@ -424,9 +461,7 @@ mod tests {
         let link = ctx.inner.kv.link.clone();
         let mut afters = Vec::new();
         for page in 0..2u32 {
-            let Some(Outgoing::Message(msg)) = rx.recv().await else {
-                panic!("expected a list request")
-            };
+            let msg = rx.next_message().await.expect("a list request");
             let Payload::Kv(KvRequest::List { after, limit, .. }) = msg.payload else {
                 panic!("expected list")
             };

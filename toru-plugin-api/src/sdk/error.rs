@@ -76,3 +76,142 @@ impl ServeError {
         }
     }
 }
+
+/// What handlers return: a [`Response`](super::Response), or an [`HttpError`] answered as
+/// JSON with its status.
+pub type HttpResult<T = super::Response> = Result<T, HttpError>;
+
+/// Why reading a request body, sending a response body or using a WebSocket failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The host ended the stream: the client went away, the request timed out, or the
+    /// connection to the host closed. Nobody receives what the handler sends any more.
+    #[error("the stream was cancelled: the client went away or the host ended the request")]
+    Cancelled,
+    /// The WebSocket is closed (by the client, by the plugin, or by shutdown), or the response
+    /// has ended: nothing more can be sent.
+    #[error("the stream is closed")]
+    Closed,
+    /// The plugin is shutting down: a server-sent events stream ends here (see
+    /// [`Sse`](super::Sse)).
+    #[error("the plugin is shutting down")]
+    ShuttingDown,
+    /// A body or WebSocket message is larger than the limit the handler set.
+    #[error("the body is larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// Text (a body read as text, or a WebSocket text message) is not valid UTF-8.
+    #[error("the text is not valid UTF-8")]
+    InvalidUtf8,
+    /// A WebSocket was asked of a request that is not an upgrade, or on a protocol 1
+    /// connection.
+    #[error("{0}")]
+    NotWebSocket(&'static str),
+}
+
+/// An error a handler returns: an HTTP status and a message, answered as JSON
+/// `{"error": message}` with that status.
+///
+/// Handlers return `Result<Response, HttpError>` (see [`HttpResult`](super::HttpResult)), so
+/// `?` works on the SDK's errors, each mapped to a fitting status:
+///
+/// | error | status |
+/// |---|---|
+/// | [`KvError`] | 500, with the host's code and message |
+/// | [`StreamError::TooLarge`] | 413 |
+/// | [`StreamError::InvalidUtf8`], a [`serde_json::Error`] (a body that is not the JSON expected) | 400 |
+/// | [`StreamError::NotWebSocket`] | 426 (501 on a protocol 1 connection) |
+/// | any other [`StreamError`], a [`std::io::Error`] | 500 |
+///
+/// ```
+/// use toru_plugin_api::{HttpError, Response};
+/// let e = HttpError::new(409, "the name is taken");
+/// let res: Response = e.into_response();
+/// assert_eq!(res.status, 409);
+/// assert_eq!(&res.body[..], br#"{"error":"the name is taken"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct HttpError {
+    status: u16,
+    message: String,
+}
+
+impl HttpError {
+    /// An error with this status (100 to 999; anything else is answered 500) and message.
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        let status = if (100..=999).contains(&status) {
+            status
+        } else {
+            500
+        };
+        HttpError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+
+    /// 404 Not Found, `{"error": "not found"}`.
+    pub fn not_found() -> Self {
+        Self::new(404, "not found")
+    }
+
+    /// 500 Internal Server Error, with `error`'s text (its sources included).
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        Self::new(500, error.to_string())
+    }
+
+    /// The status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The JSON response `{"error": message}` with the status.
+    pub fn into_response(self) -> super::Response {
+        super::Response::error(self.status, &self.message)
+    }
+}
+
+impl From<KvError> for HttpError {
+    fn from(e: KvError) -> Self {
+        Self::internal(e)
+    }
+}
+
+impl From<StreamError> for HttpError {
+    fn from(e: StreamError) -> Self {
+        let status = match e {
+            StreamError::TooLarge { .. } => 413,
+            StreamError::InvalidUtf8 => 400,
+            StreamError::NotWebSocket(super::request::NOT_ON_PROTOCOL_1) => 501,
+            StreamError::NotWebSocket(_) => 426,
+            _ => 500,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for HttpError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::bad_request(format!("the body is not the JSON expected: {e}"))
+    }
+}
+
+impl From<std::io::Error> for HttpError {
+    fn from(e: std::io::Error) -> Self {
+        Self::internal(e)
+    }
+}

@@ -3,16 +3,19 @@
 use async_trait::async_trait;
 
 use super::context::PluginContext;
-use super::error::InitError;
-use super::http::{Request, Response};
+use super::error::{HttpResult, InitError};
+use super::request::Request;
 use crate::license::LicensePolicy;
 use crate::protocol::PluginMetadata;
 
-/// A Toru plugin. Implement it and hand the value to [`run`](crate::run) from `main`.
+/// A Toru plugin. Implement it and hand the value to [`run`](crate::run) from `main`; or build
+/// a [`Plugin`](super::Plugin) from metadata and a [`Router`](super::Router), which implements
+/// it for you.
 ///
 /// The SDK calls [`init`](Self::init) once, when the host has connected, and then
 /// [`handle_http`](Self::handle_http) for every request, many at once, each in its own task. A
-/// request the host cancels (because it timed out) is dropped at its next `.await`.
+/// request the host cancels (because it timed out, or the client went away) is dropped at its
+/// next `.await`.
 ///
 /// The trait uses [`async_trait`](macro@async_trait::async_trait): put `#[async_trait]` on the
 /// `impl` block too.
@@ -36,8 +39,21 @@ pub trait ToruPlugin: Send + Sync + 'static {
     /// Answers one HTTP request for the plugin's route. `req.path` is the full path
     /// (`/hello-rust/count`); [`Request::subpath`] is the part after the route. Only paths at or
     /// below the route reach the handler: the SDK answers any other with 404
-    /// `{"error": "not found"}`. A panic becomes an `error` reply with code `plugin_error`.
-    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response;
+    /// `{"error": "not found"}`. An `Err` is answered as JSON `{"error": message}` with its
+    /// status (and logged when it is a 5xx); a panic becomes an `error` reply with code
+    /// `plugin_error` (the client gets 502). [`Router::handle`](super::Router::handle) answers
+    /// from a table of routes.
+    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> HttpResult;
+
+    /// Called after a `settings` message changed the settings, which
+    /// [`PluginContext::settings`] already returns: apply what needs more than reading them.
+    /// The host sends `settings` only to a plugin whose metadata says `live_settings`; the
+    /// others are restarted with the new values in `init`.
+    ///
+    /// The default does nothing.
+    async fn settings_changed(&self, ctx: &PluginContext) {
+        let _ = ctx;
+    }
 
     /// The license keys this plugin accepts, for a plugin that needs a license. When it returns
     /// a policy, the SDK checks the `license_key` setting against it, this plugin's id and the

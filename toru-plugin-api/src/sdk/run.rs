@@ -24,19 +24,20 @@ pub(crate) const EXIT_USAGE: i32 = 2;
 ///   connection (the host), stops listening, and [`serve`]s it. It exits 0 after `shutdown` or
 ///   when the host hangs up, 78 ([`EXIT_CONFIG`](crate::protocol::EXIT_CONFIG)) when the
 ///   protocol versions do not overlap or [`ToruPlugin::init`] refuses, and 1 when the connection
-///   breaks (for example a frame over the 16 MiB limit). Each failure is one line on stderr.
+///   breaks (for example a frame over the 16 MiB limit). Each failure is one line on stderr,
+///   starting `ERROR` so that the host logs it at that level.
 /// - Otherwise (started by hand) it prints one sentence on stderr saying how it is meant to be
 ///   started, and exits 2.
 ///
 /// It builds a multi-threaded tokio runtime; do not call it from inside one.
 ///
 /// ```no_run
-/// # use toru_plugin_api::{ToruPlugin, PluginContext, PluginMetadata, Request, Response};
+/// # use toru_plugin_api::{HttpResult, ToruPlugin, PluginContext, PluginMetadata, Request};
 /// # struct MyPlugin;
 /// # #[async_trait::async_trait]
 /// # impl ToruPlugin for MyPlugin {
 /// #     fn metadata(&self) -> PluginMetadata { unimplemented!() }
-/// #     async fn handle_http(&self, _: &PluginContext, _: Request) -> Response { unimplemented!() }
+/// #     async fn handle_http(&self, _: &PluginContext, _: Request) -> HttpResult { unimplemented!() }
 /// # }
 /// fn main() {
 ///     toru_plugin_api::run(MyPlugin)
@@ -90,7 +91,7 @@ fn main_code<P: ToruPlugin>(plugin: P, args: Vec<OsString>, socket: Option<OsStr
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("{}: cannot start the tokio runtime: {e}", meta.id);
+                    eprintln!("ERROR {}: cannot start the tokio runtime: {e}", meta.id);
                     return 1;
                 }
             };
@@ -104,7 +105,7 @@ fn main_code<P: ToruPlugin>(plugin: P, args: Vec<OsString>, socket: Option<OsStr
 
 fn print_metadata(meta: &PluginMetadata) -> i32 {
     if let Err(e) = meta.validate() {
-        eprintln!("{}: the plugin's metadata is not valid: {e}", meta.id);
+        eprintln!("ERROR {}: the plugin's metadata is not valid: {e}", meta.id);
         return 1;
     }
     let json = serde_json::to_string(meta).expect("metadata serialises");
@@ -125,14 +126,15 @@ async fn listen_and_serve<P: ToruPlugin>(plugin: P, path: &Path, id: &str) -> i3
     let stream = match accept_one(path).await {
         Ok(stream) => stream,
         Err(e) => {
-            eprintln!("{id}: cannot listen on {}: {e}", path.display());
+            eprintln!("ERROR {id}: cannot listen on {}: {e}", path.display());
             return 1;
         }
     };
     match serve(plugin, stream).await {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{id}: {}", error_chain(&e));
+            // The level prefix makes the host log the line as an error.
+            eprintln!("ERROR {id}: {}", error_chain(&e));
             e.exit_code()
         }
     }

@@ -1,39 +1,38 @@
 //! The connection loop: `init`/`ready`, then requests until `shutdown` or the host hangs up.
 //!
 //! One task reads frames and never waits on a handler: each `http_request` runs in its own task,
-//! `ping`, `get_bundle` and `cancel` are answered on the spot, and replies to the plugin's own
-//! KV requests are routed to the waiting call. Everything written goes through the writer task.
+//! `ping`, `get_bundle` and `cancel` are answered on the spot, replies to the plugin's own KV
+//! requests are routed to the waiting call, and (protocol 2) data frames, `credit` and
+//! `ws_close` go to their stream. Everything written goes through the writer task; when its
+//! queue is full, the reader waits too, so a host that stops reading stops being read.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt as _;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
-use super::context::{Link, PluginContext, Reply};
+use super::context::PluginContext;
 use super::error::{InitError, ServeError};
 use super::error_chain;
-use super::http::{Request, Response};
 use super::in_flight::InFlight;
+use super::link::Link;
 use super::plugin::ToruPlugin;
-use super::writer::write_loop;
-use crate::codec::{CodecError, FrameCodec, Incoming};
+use super::writer::{Outgoing, Queue, write_loop};
+use crate::codec::FrameCodec;
 use crate::license::check_init;
 use crate::protocol::{
-    Bundle, CowStr, ErrorReply, HttpRequest, Init, KvResult, Message, Payload, Ready, RequestId,
-    VersionRange, error_code,
+    Init, Message, Payload, Ready, RequestId, SettingSpec, VersionRange, error_code,
 };
 
-/// The protocol versions this SDK speaks. Streams (protocol 2) are not served yet.
-pub(crate) const SDK_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+/// The protocol versions this SDK speaks: 1, and 2 with streams.
+pub(crate) const SDK_VERSIONS: VersionRange = VersionRange::SUPPORTED;
 
 /// How long `shutdown` waits for requests in flight.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +41,7 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one host connection that is already established, until the host sends `shutdown`
-/// (then in-flight requests get up to 5 s to finish) or closes the connection.
+/// (then requests and streams in flight get up to 5 s to finish) or closes the connection.
 ///
 /// [`run`](crate::run) binds the socket, accepts the host and calls this. Call it yourself to
 /// drive a plugin over a socket pair in tests.
@@ -52,24 +51,27 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// code; `Ok` after `shutdown` or the host hanging up.
 pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), ServeError> {
     let (read, write) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(write, rx));
-    let link = Arc::new(Link::new(tx));
+    let (queue, queued) = Queue::new();
+    let writer = tokio::spawn(write_loop(write, queued));
+    let link = Arc::new(Link::new(queue));
     let meta = plugin.metadata();
     let mut conn = Connection {
         id: meta.id,
         route: meta.route,
+        specs: meta.settings,
         plugin: Arc::new(plugin),
         link: link.clone(),
         frames: FramedRead::new(read, FrameCodec::new()),
         tasks: JoinSet::new(),
         in_flight: InFlight::default(),
         ctx: None,
+        version: 1,
         state: State::Initialising,
     };
     let result = conn.run().await;
     // Handlers still running hold context clones; nobody waits for their replies any more.
     conn.tasks.shutdown().await;
+    conn.in_flight.end_all();
     link.disconnect();
     link.close();
     // Bounded, so that a host that stops reading cannot keep the plugin alive.
@@ -88,8 +90,9 @@ enum State {
     Draining(Instant),
 }
 
+/// What the reader does after a frame: carry on (sending this first), or stop.
 enum Flow {
-    Continue,
+    Continue(Option<Outgoing>),
     Stop,
 }
 
@@ -97,6 +100,8 @@ struct Connection<P> {
     /// The plugin's id and route, from its metadata.
     id: String,
     route: String,
+    /// The settings the metadata declares.
+    specs: Vec<SettingSpec>,
     plugin: Arc<P>,
     link: Arc<Link>,
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
@@ -104,6 +109,8 @@ struct Connection<P> {
     tasks: JoinSet<()>,
     in_flight: InFlight,
     ctx: Option<PluginContext>,
+    /// The protocol version agreed in `init`.
+    version: u32,
     state: State,
 }
 
@@ -118,25 +125,29 @@ impl<P: ToruPlugin> Connection<P> {
                 host: init.protocol,
                 plugin: plugin_range,
             };
-            self.reply_error(
+            self.push(self.reply_error(
                 init_id,
                 error_code::UNSUPPORTED_PROTOCOL_VERSION,
                 err.to_string(),
-            );
+            ))
+            .await;
             return Err(err);
         };
+        self.version = version;
         let license = match self.plugin.license() {
             None => None,
             Some(policy) => match check_init(policy, &self.id, &init.instance_id, &init.settings) {
                 Ok(claims) => Some(claims),
                 Err(e) => {
                     let e = InitError::refused(e.to_string());
-                    self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                    self.push(self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e)))
+                        .await;
                     return Err(ServeError::InitRefused(e));
                 }
             },
         };
-        let ctx = PluginContext::new(init, version, self.link.clone(), license);
+        let specs = std::mem::take(&mut self.specs);
+        let ctx = PluginContext::new(init, version, self.link.clone(), license, specs);
         self.ctx = Some(ctx.clone());
         let plugin = self.plugin.clone();
         let mut init_fut: Option<InitFuture> =
@@ -151,25 +162,32 @@ impl<P: ToruPlugin> Connection<P> {
                 result = poll_some(&mut init_fut), if init_fut.is_some() => {
                     init_fut = None;
                     if let Err(e) = result {
-                        self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e));
+                        self.push(self.reply_error(init_id, error_code::INIT_REFUSED, error_chain(&e)))
+                        .await;
                         return Err(ServeError::InitRefused(e));
                     }
                     let ready = Payload::Ready(Ready { protocol_version: version });
-                    self.link.send(Message::new(init_id, ready));
+                    self.link.send(&Message::new(init_id, ready)).await;
                     eprintln!("{} ready (protocol {version})", self.id);
                     if self.state == State::Initialising {
                         self.state = State::Serving;
                     }
                 }
                 item = self.frames.next() => {
-                    if let Flow::Stop = self.on_item(item)? {
-                        return Ok(());
+                    match self.on_item(item)? {
+                        Flow::Stop => return Ok(()),
+                        Flow::Continue(None) => {}
+                        // Waiting for room here is what stops reading from a host that does
+                        // not read.
+                        Flow::Continue(Some(out)) => {
+                            let _ = self.link.push(out).await;
+                        }
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 () = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
                     eprintln!(
-                        "{}: {} requests still running {}s after shutdown; closing anyway",
+                        "WARN {}: {} requests still running {}s after shutdown; closing anyway",
                         self.id,
                         self.tasks.len(),
                         DRAIN_TIMEOUT.as_secs()
@@ -198,7 +216,7 @@ impl<P: ToruPlugin> Connection<P> {
             let msg = match frame.message() {
                 Ok(msg) => msg.into_owned(),
                 Err(e) => {
-                    self.refuse_malformed(&e);
+                    self.push(self.refuse_malformed(&e)).await;
                     continue;
                 }
             };
@@ -207,162 +225,20 @@ impl<P: ToruPlugin> Connection<P> {
                 Payload::Init(init) => return Ok(Some((init, id))),
                 other if id.is_some() => {
                     let text = format!("expected init first, got {}", other.type_name());
-                    self.reply_error(id, error_code::BAD_REQUEST, text);
+                    self.push(self.reply_error(id, error_code::BAD_REQUEST, text))
+                        .await;
                 }
                 _ => {}
             }
         }
     }
 
-    fn on_item(&mut self, item: Option<Result<Incoming, CodecError>>) -> Result<Flow, ServeError> {
-        let Some(incoming) = item.transpose()? else {
-            return Ok(Flow::Stop);
-        };
-        // This SDK agrees on protocol 1 only, which has no streams: a data frame is dropped.
-        let Some(frame) = incoming.into_frame() else {
-            tracing::debug!("ignored a data frame on a protocol 1 connection");
-            return Ok(Flow::Continue);
-        };
-        match frame.message() {
-            Ok(msg) => Ok(self.on_message(msg, frame.bytes())),
-            Err(e) => {
-                self.refuse_malformed(&e);
-                Ok(Flow::Continue)
-            }
+    /// Queues `out`, if any, waiting for room.
+    async fn push(&self, out: Option<Outgoing>) {
+        if let Some(out) = out {
+            let _ = self.link.push(out).await;
         }
     }
-
-    fn on_message(&mut self, msg: Message<'_>, frame: &Bytes) -> Flow {
-        let id = msg.request_id;
-        match msg.payload {
-            Payload::HttpRequest(req) => self.on_http(id, req, frame),
-            Payload::GetBundle => self.on_get_bundle(id),
-            Payload::Ping => {
-                self.link.send(Message::new(id, Payload::Pong));
-            }
-            Payload::Cancel => {
-                if let Some(id) = id {
-                    self.in_flight.cancel(id);
-                }
-            }
-            Payload::Shutdown => {
-                if self.state == State::Initialising {
-                    return Flow::Stop;
-                }
-                if !matches!(self.state, State::Draining(_)) {
-                    self.state = State::Draining(Instant::now() + DRAIN_TIMEOUT);
-                }
-            }
-            Payload::KvResult(r) => self.on_reply(id, Ok(own_kv_result(r))),
-            Payload::Error(e) => self.on_reply(
-                id,
-                Err(ErrorReply {
-                    code: e.code.into_owned(),
-                    message: e.message.into_owned(),
-                }),
-            ),
-            Payload::Unknown(t) => {
-                if id.is_some() {
-                    let text = format!("unknown message type {:?}", t.as_str());
-                    self.reply_error(id, error_code::UNKNOWN_TYPE, text);
-                }
-            }
-            Payload::Init(_) => {
-                self.reply_error(id, error_code::BAD_REQUEST, "init was already received");
-            }
-            other @ (Payload::Kv(_) | Payload::Log(_)) => {
-                let text = format!("{} is sent by plugins, not by the host", other.type_name());
-                self.reply_error(id, error_code::BAD_REQUEST, text);
-            }
-            // Replies to requests this side never sends.
-            other => tracing::debug!(r#type = other.type_name(), "ignored an unexpected reply"),
-        }
-        Flow::Continue
-    }
-
-    fn on_http(&mut self, id: Option<RequestId>, req: HttpRequest<'_>, frame: &Bytes) {
-        let Some(id) = id else {
-            let text = "an http_request needs a request_id";
-            return self.reply_error(None, error_code::BAD_REQUEST, text);
-        };
-        if let Some((code, text)) = self.refusal() {
-            return self.reply_error(Some(id), code, text);
-        }
-        let req = match Request::from_wire(req, frame) {
-            Ok(req) => req,
-            Err(e) => return self.reply_error(Some(id), error_code::BAD_REQUEST, e.to_string()),
-        };
-        if !is_under(&req.path, &self.route) {
-            let res = Response::error(404, "not found").into_wire();
-            self.link
-                .send(Message::with_id(id, Payload::HttpResponse(res)));
-            return;
-        }
-        let ctx = self
-            .ctx
-            .clone()
-            .expect("a context exists once init has come");
-        let (plugin, link) = (self.plugin.clone(), self.link.clone());
-        if !self
-            .in_flight
-            .spawn(&mut self.tasks, id, plugin, ctx, req, link)
-        {
-            let text = format!("request {id} is already in flight");
-            self.reply_error(Some(id), error_code::BAD_REQUEST, text);
-        }
-    }
-
-    fn on_get_bundle(&mut self, id: Option<RequestId>) {
-        if let Some((code, text)) = self.refusal() {
-            return self.reply_error(id, code, text);
-        }
-        match self.plugin.bundle() {
-            Some(script) => {
-                let bundle = Bundle {
-                    script: script.to_owned().into(),
-                };
-                self.link.send(Message::new(id, Payload::Bundle(bundle)));
-            }
-            None => self.reply_error(id, error_code::NOT_FOUND, "this plugin has no frontend"),
-        }
-    }
-
-    /// Why a new request cannot be taken now, if it cannot.
-    fn refusal(&self) -> Option<(&'static str, &'static str)> {
-        match self.state {
-            State::Initialising => Some((
-                error_code::BAD_REQUEST,
-                "the plugin has not finished starting; wait for ready",
-            )),
-            State::Serving => None,
-            State::Draining(_) => Some((error_code::SHUTTING_DOWN, "the plugin is shutting down")),
-        }
-    }
-
-    fn on_reply(&self, id: Option<RequestId>, reply: Reply) {
-        let routed = id.is_some_and(|id| self.link.resolve(id, reply));
-        if !routed {
-            tracing::debug!(request.id = ?id, "a reply matched no request in flight");
-        }
-    }
-
-    fn refuse_malformed(&self, e: &CodecError) {
-        let id = match e {
-            CodecError::Malformed { request_id, .. } => *request_id,
-            _ => None,
-        };
-        self.reply_error(id, error_code::BAD_REQUEST, error_chain(e));
-    }
-
-    fn reply_error(&self, id: Option<RequestId>, code: &'static str, text: impl Into<String>) {
-        self.link.send(Message::error(id, code, text.into()));
-    }
-}
-
-/// Whether `path` is `route` or below it (`/acme`, `/acme/`, `/acme/x`; not `/acmex`).
-fn is_under(path: &str, route: &str) -> bool {
-    path.strip_prefix(route)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 async fn poll_some(fut: &mut Option<InitFuture>) -> Result<(), InitError> {
@@ -372,15 +248,7 @@ async fn poll_some(fut: &mut Option<InitFuture>) -> Result<(), InitError> {
     }
 }
 
-fn own_kv_result(r: KvResult<'_>) -> KvResult<'static> {
-    KvResult {
-        value: r.value.map(CowStr::into_owned),
-        existed: r.existed,
-        keys: r
-            .keys
-            .map(|k| k.into_iter().map(CowStr::into_owned).collect()),
-    }
-}
+mod dispatch;
 
 #[cfg(test)]
 mod tests;

@@ -1,22 +1,31 @@
-//! The serve loop driven over a socket pair by a test playing the host.
+//! The serve loop driven over a socket pair by a test playing the host. This file holds the
+//! fixture and the protocol 1 behaviour; `streams.rs` holds protocol 2's.
 
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
+use super::dispatch::is_under;
 use super::*;
+use crate::codec::{CodecError, DataFlags, DataFrame, Incoming};
 use crate::protocol::{EXIT_CONFIG, HttpResponse, KvRequest, Level, PluginMetadata};
-use crate::sdk::Response;
+use crate::protocol::{HttpRequest, KvResult};
+use crate::sdk::error::HttpResult;
+use crate::sdk::request::Request;
+use crate::sdk::response::Response;
 use crate::sdk::run::effective_metadata;
+use crate::sdk::{HttpError, WsMessage};
+
+mod streams;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A plugin whose `/t/gated` handler waits for a permit, and that reports when a handler starts
-/// and when it is dropped.
+/// and when it is dropped; its other routes exercise streams.
 struct TestPlugin {
     gate: Arc<Semaphore>,
     dropped: mpsc::UnboundedSender<String>,
@@ -33,19 +42,14 @@ impl Drop for DropSignal {
 #[async_trait::async_trait]
 impl ToruPlugin for TestPlugin {
     fn metadata(&self) -> PluginMetadata {
-        PluginMetadata {
-            id: "t".into(),
-            name: "T".into(),
-            version: "1".into(),
-            author: String::new(),
-            description: String::new(),
-            icon: String::new(),
-            route: "/t".into(),
-            protocol: None,
-            frontend: false,
-            license_required: false,
-            ..Default::default()
-        }
+        PluginMetadata::new("t", "T", "1", "/t").with_setting(
+            crate::protocol::SettingSpec::new(
+                "greeting",
+                crate::protocol::SettingKind::String,
+                "Greeting",
+            )
+            .with_default("Hello"),
+        )
     }
 
     async fn init(&self, ctx: &PluginContext) -> Result<(), InitError> {
@@ -58,10 +62,10 @@ impl ToruPlugin for TestPlugin {
         Ok(())
     }
 
-    async fn handle_http(&self, ctx: &PluginContext, req: Request) -> Response {
+    async fn handle_http(&self, ctx: &PluginContext, mut req: Request) -> HttpResult {
         let _ = self.dropped.send(format!("start {}", req.query));
-        let _signal = DropSignal(req.query.clone(), self.dropped.clone());
-        match req.subpath() {
+        let signal = DropSignal(req.query.clone(), self.dropped.clone());
+        Ok(match req.subpath() {
             "/gated" => {
                 let _permit = self.gate.acquire().await.expect("gate open");
                 Response::text(200, req.query.clone())
@@ -69,16 +73,112 @@ impl ToruPlugin for TestPlugin {
             "/kv" => {
                 let before = match ctx.kv().get("k").await {
                     Ok(v) => v,
-                    Err(e) => return Response::error(500, &e.to_string()),
+                    Err(e) => return Ok(Response::error(500, &e.to_string())),
                 };
                 ctx.kv().set("k", "v").await.expect("set");
                 ctx.info("set k");
                 Response::json(200, &serde_json::json!({ "before": before }))
             }
+            "/kv-error" => {
+                ctx.kv().get("k").await?;
+                Response::new(204)
+            }
             "/panic" => panic!("boom"),
             "/binary" => Response::bytes(200, "application/octet-stream", vec![0xffu8, 0xfe]),
+            "/empty" => Response::new(204),
+            "/greeting" => {
+                let greeting: String = ctx.setting_as("greeting").unwrap_or_default();
+                Response::text(200, greeting)
+            }
+            // Reads the body one chunk per permit, then answers its length.
+            "/upload" => {
+                let mut total = 0;
+                loop {
+                    let _permit = self.gate.acquire().await.expect("gate open");
+                    match req.body.chunk().await? {
+                        Some(chunk) => total += chunk.len(),
+                        None => break,
+                    }
+                }
+                Response::text(200, total.to_string())
+            }
+            "/collect" => {
+                let limit = req.query_param("limit").and_then(|l| l.parse().ok());
+                let body = req.body.collect(limit.unwrap_or(usize::MAX)).await?;
+                Response::text(200, body.len().to_string())
+            }
+            "/big" => Response::bytes(200, "application/octet-stream", vec![7u8; 600 * 1024]),
+            // Streams `n` bytes in chunks of `chunk`, reporting when the producer is dropped.
+            "/download" => {
+                let n: usize = req
+                    .query_param("n")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let chunk: usize = req
+                    .query_param("chunk")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1024);
+                Response::streamed(
+                    200,
+                    "application/octet-stream",
+                    move |mut body| async move {
+                        let _signal = signal;
+                        let mut sent = 0;
+                        while sent < n {
+                            let len = chunk.min(n - sent);
+                            body.send(vec![(sent % 251) as u8; len]).await?;
+                            sent += len;
+                        }
+                        Ok(())
+                    },
+                )
+            }
+            // One event per permit; ends after `n` events.
+            "/sse" => {
+                let gate = self.gate.clone();
+                let n: u32 = req
+                    .query_param("n")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(3);
+                Response::sse(move |mut sse| async move {
+                    for i in 1..=n {
+                        sse.event("tick", &i.to_string()).await?;
+                        let _permit = gate.acquire().await.expect("gate open");
+                    }
+                    Ok(())
+                })
+            }
+            "/fail" => Response::streamed(200, "text/plain", |mut body| async move {
+                body.send("partial").await?;
+                Err(HttpError::internal("the disk went away"))
+            }),
+            "/ws" => req
+                .websocket()?
+                .protocol("chat")
+                .accept(|mut ws| async move {
+                    while let Some(msg) = ws.recv().await? {
+                        match msg {
+                            WsMessage::Text(t) if t == "bye" => {
+                                return Ok(ws.close(1000, "bye").await?);
+                            }
+                            WsMessage::Text(t) => ws.send_text(t.to_uppercase()).await?,
+                            WsMessage::Binary(b) => ws.send_binary(b).await?,
+                        }
+                    }
+                    Ok(())
+                }),
+            "/ws-refuse" => {
+                let upgrade = req.websocket()?;
+                assert_eq!(upgrade.protocols(), ["chat", "other"]);
+                Response::error(403, "no WebSockets for you")
+            }
             _ => Response::error(418, "the handler saw this path"),
-        }
+        })
+    }
+
+    async fn settings_changed(&self, ctx: &PluginContext) {
+        let greeting: String = ctx.setting_as("greeting").unwrap_or_default();
+        let _ = self.dropped.send(format!("settings {greeting}"));
     }
 
     fn bundle(&self) -> Option<&str> {
@@ -114,6 +214,11 @@ impl Host {
         self.frames.send(msg).await.expect("send to the plugin");
     }
 
+    async fn send_data(&mut self, stream: RequestId, flags: DataFlags, data: &[u8]) {
+        let frame = DataFrame::new(stream, flags, data.to_vec());
+        self.frames.send(frame).await.expect("send to the plugin");
+    }
+
     async fn send_json(&mut self, json: &str) {
         let stream = self.frames.get_mut();
         let len = u32::try_from(json.len()).unwrap().to_be_bytes();
@@ -121,12 +226,16 @@ impl Host {
         stream.write_all(json.as_bytes()).await.unwrap();
     }
 
-    async fn recv_or_eof(&mut self) -> Option<Message<'static>> {
+    async fn recv_incoming_or_eof(&mut self) -> Option<Incoming> {
         let next = tokio::time::timeout(WAIT, self.frames.next())
             .await
-            .expect("timed out waiting for a message from the plugin");
-        next.map(|frame| {
-            let frame = frame.unwrap().into_frame().expect("a message frame");
+            .expect("timed out waiting for a frame from the plugin");
+        next.map(|frame| frame.expect("a valid frame"))
+    }
+
+    async fn recv_or_eof(&mut self) -> Option<Message<'static>> {
+        self.recv_incoming_or_eof().await.map(|incoming| {
+            let frame = incoming.into_frame().expect("a message frame");
             frame.message().unwrap().into_owned()
         })
     }
@@ -135,6 +244,13 @@ impl Host {
         self.recv_or_eof()
             .await
             .expect("the plugin closed the connection; expected a message")
+    }
+
+    async fn recv_data(&mut self) -> DataFrame {
+        match self.recv_incoming_or_eof().await {
+            Some(Incoming::Data(d)) => d,
+            other => panic!("expected a data frame, got {other:?}"),
+        }
     }
 
     async fn init_with(&mut self, range: VersionRange, settings: &str) {
@@ -147,28 +263,54 @@ impl Host {
         self.send_json(&json).await;
     }
 
+    /// `init` offering protocol 1 only.
     async fn init(&mut self) {
-        self.init_with(VersionRange::SUPPORTED, "{}").await;
+        self.init_version(VersionRange { min: 1, max: 1 }, 1).await;
+    }
+
+    /// `init` offering 1..=2: the SDK chooses 2.
+    async fn init_v2(&mut self) {
+        self.init_version(VersionRange::SUPPORTED, 2).await;
+    }
+
+    async fn init_version(&mut self, range: VersionRange, expect: u32) {
+        self.init_with(range, "{}").await;
         let msg = self.recv().await;
         assert_eq!(msg.request_id, Some(1000));
         assert_eq!(
             msg.payload,
             Payload::Ready(Ready {
-                protocol_version: 1
+                protocol_version: expect
             })
         );
     }
 
     async fn get(&mut self, id: RequestId, path: &str, query: &str) {
+        self.request(id, "GET", path, query, None, None).await;
+    }
+
+    async fn request(
+        &mut self,
+        id: RequestId,
+        method: &str,
+        path: &str,
+        query: &str,
+        end_stream: Option<bool>,
+        upgrade: Option<&str>,
+    ) {
         let req = HttpRequest {
-            method: "GET".into(),
+            method: method.into(),
             path: path.into(),
             query: query.into(),
-            headers: vec![],
+            headers: if upgrade.is_some() {
+                vec![("sec-websocket-protocol".into(), "chat, other".into())]
+            } else {
+                vec![]
+            },
             body: None,
             body_base64: None,
-            end_stream: None,
-            upgrade: None,
+            end_stream,
+            upgrade: upgrade.map(Into::into),
         };
         self.send(Message::with_id(id, Payload::HttpRequest(req)))
             .await;
@@ -180,6 +322,21 @@ impl Host {
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for handler event {event:?}"));
         assert_eq!(got.as_deref(), Some(event));
+    }
+
+    /// Waits for the plugin to report `event`, skipping other reports.
+    async fn event_skipping_others(&mut self, event: &str) {
+        let wait = async {
+            while let Some(got) = self.dropped.recv().await {
+                if got == event {
+                    return;
+                }
+            }
+            panic!("the plugin is gone; expected handler event {event:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for handler event {event:?}"));
     }
 
     async fn finished(self) -> Result<(), ServeError> {
@@ -233,7 +390,7 @@ async fn metadata_gets_protocol_and_frontend_from_the_sdk() {
         dropped: tx,
     };
     let meta = effective_metadata(&plugin);
-    assert_eq!(meta.protocol, Some(super::SDK_VERSIONS));
+    assert_eq!(meta.protocol, Some(VersionRange { min: 1, max: 2 }));
     assert!(meta.frontend);
 }
 
@@ -268,8 +425,11 @@ async fn version_mismatch_is_refused_with_config_exit_code() {
 #[tokio::test]
 async fn init_may_refuse_to_start() {
     let mut host = Host::start();
-    host.init_with(VersionRange::SUPPORTED, r#"{"refuse":"license expired"}"#)
-        .await;
+    host.init_with(
+        VersionRange { min: 1, max: 1 },
+        r#"{"refuse":"license expired"}"#,
+    )
+    .await;
     let msg = host.recv().await;
     assert_eq!(error_code_of(&msg), error_code::INIT_REFUSED);
     let Payload::Error(e) = &msg.payload else {
@@ -290,8 +450,11 @@ async fn kv_works_during_init_and_early_requests_are_refused() {
         (msg.request_id, error_code_of(&msg)),
         (Some(1), "bad_request")
     );
-    host.init_with(VersionRange::SUPPORTED, r#"{"read_kv_in_init":true}"#)
-        .await;
+    host.init_with(
+        VersionRange { min: 1, max: 1 },
+        r#"{"read_kv_in_init":true}"#,
+    )
+    .await;
     let kv = host.recv().await;
     assert!(matches!(kv.payload, Payload::Kv(KvRequest::Get { .. })));
     // While init waits for its KV reply, requests are refused and pings answered.

@@ -1,4 +1,7 @@
-//! The checks, each run against every example plugin (see `conformance_tests!`).
+//! The checks every plugin passes: the protocol itself (start-up, versions, requests, KV,
+//! cancel, bad input, shutdown) and the example plugins' common routes (`/`, `/count`, `/echo`,
+//! `/slow`, the bundle). They run at the highest version the plugin speaks, and
+//! `protocol_1_host` runs the basics again with a host that offers only version 1.
 
 use std::collections::BTreeSet;
 
@@ -8,25 +11,23 @@ use toru_plugin_api::protocol::{
     ENV_SOCKET_PATH, EXIT_CONFIG, Message, Payload, RequestId, VersionRange,
 };
 
-use super::host::{INSTANCE_ID, Plugin, Target, within};
+use super::host::{INSTANCE_ID, Inbound, Plugin, Res, Target, within};
 
-/// An `http_response`'s status and JSON body; panics on anything else.
-fn json_response(msg: &Message<'_>) -> (u16, Value) {
-    let Payload::HttpResponse(res) = &msg.payload else {
-        panic!("expected http_response, got {msg:?}");
-    };
-    let content_type = res
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.as_str());
+/// A response's status and JSON body; panics on anything else.
+pub(crate) fn json_of(res: &Res) -> (u16, Value) {
+    let content_type = res.header("content-type");
     assert!(
         content_type.is_some_and(|ct| ct.starts_with("application/json")),
-        "expected a JSON content type, got {content_type:?} in {msg:?}"
+        "expected a JSON content type, got {content_type:?} in {res:?}"
     );
-    let body = res.body.as_deref().expect("a JSON body travels as text");
-    let value = serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body:?}: {e}"));
+    let value = serde_json::from_slice(&res.body)
+        .unwrap_or_else(|e| panic!("body {:?}: {e}", String::from_utf8_lossy(&res.body)));
     (res.status, value)
+}
+
+/// The response to request `id` as status and JSON.
+async fn json_response(plugin: &mut Plugin, id: RequestId) -> (u16, Value) {
+    json_of(&plugin.response(id).await)
 }
 
 /// An `error` reply's code and message; panics on anything else.
@@ -45,9 +46,9 @@ fn assert_pong(msg: &Message<'_>, id: RequestId) {
     );
 }
 
-async fn get_json(plugin: &mut Plugin, method: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get_json(plugin: &mut Plugin, method: &str, path: &str) -> (u16, Value) {
     let id = plugin.http(method, path, "");
-    json_response(&plugin.reply(Some(id)).await)
+    json_response(plugin, id).await
 }
 
 pub(crate) async fn metadata(t: &Target) {
@@ -98,12 +99,28 @@ pub(crate) async fn started_by_hand(t: &Target) {
 pub(crate) async fn init_ready(t: &Target) {
     let mut plugin = Plugin::start(t).await;
     let reply = plugin.init(VersionRange { min: 1, max: 3 }).await;
-    let highest = t.protocol.max.min(3);
+    let expected = t.protocol.max.min(3);
     assert!(
-        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == highest),
-        "expected ready with version {highest}, got {reply:?}"
+        matches!(reply.payload, Payload::Ready(r) if r.protocol_version == expected),
+        "expected ready with version {expected}, the highest in common, got {reply:?}"
     );
     plugin.stderr_line("ready").await;
+}
+
+/// A host that offers only version 1 (an older Toru) is still served: greeting, echo of a body
+/// (inline, base64 when binary), the counter.
+pub(crate) async fn protocol_1_host(t: &Target) {
+    let mut plugin = Plugin::ready_offering(t, VersionRange { min: 1, max: 1 }).await;
+    assert_eq!(plugin.version, 1);
+    let (status, body) = get_json(&mut plugin, "GET", &t.path("")).await;
+    assert_eq!((status, &body["message"]), (200, &json!(t.greeting)));
+    let id = plugin
+        .http_with_body("GET", &t.path("/echo"), "", &[], &[0, 0xff], 1024)
+        .await;
+    let (status, body) = json_response(&mut plugin, id).await;
+    assert_eq!((status, &body["body_base64"]), (200, &json!("AP8=")));
+    let (status, body) = get_json(&mut plugin, "POST", &t.path("/count")).await;
+    assert_eq!((status, body), (200, json!({"count": 1})));
 }
 
 pub(crate) async fn request_before_init(t: &Target) {
@@ -111,7 +128,7 @@ pub(crate) async fn request_before_init(t: &Target) {
     let id = plugin.http("GET", &t.path(""), "");
     let (code, _) = error_reply(&plugin.reply(Some(id)).await);
     assert_eq!(code, "bad_request");
-    let reply = plugin.init(VersionRange { min: 1, max: 1 }).await;
+    let reply = plugin.init(VersionRange { min: 1, max: 2 }).await;
     assert!(matches!(reply.payload, Payload::Ready(_)), "{reply:?}");
 }
 
@@ -125,12 +142,8 @@ pub(crate) async fn version_mismatch(t: &Target) {
         "{message:?}"
     );
     let status = plugin.exit_status().await;
-    assert_eq!(
-        status.code(),
-        Some(EXIT_CONFIG),
-        "stderr: {}",
-        plugin.stderr()
-    );
+    let stderr = plugin.stderr_to_end().await;
+    assert_eq!(status.code(), Some(EXIT_CONFIG), "stderr: {stderr}");
 }
 
 pub(crate) async fn greeting(t: &Target) {
@@ -147,8 +160,10 @@ pub(crate) async fn echo(t: &Target) {
     let mut plugin = Plugin::ready(t).await;
     let path = t.path("/echo");
     let headers = [("x-test", "yes"), ("accept", "*/*")];
-    let id = plugin.http_full("GET", &path, "a=1&b=x%20y", &headers, Some("héllo"), None);
-    let (status, body) = json_response(&plugin.reply(Some(id)).await);
+    let id = plugin
+        .http_with_body("GET", &path, "a=1&b=x%20y", &headers, "héllo".as_bytes(), 3)
+        .await;
+    let (status, body) = json_response(&mut plugin, id).await;
     assert_eq!(status, 200);
     let expected = json!({
         "method": "GET", "path": path, "query": "a=1&b=x%20y",
@@ -157,8 +172,10 @@ pub(crate) async fn echo(t: &Target) {
     });
     assert_eq!(body, expected);
 
-    let id = plugin.http_full("GET", &path, "", &[], None, Some("/wD+"));
-    let (_, body) = json_response(&plugin.reply(Some(id)).await);
+    let id = plugin
+        .http_with_body("GET", &path, "", &[], &[0xff, 0x00, 0xfe], 1024)
+        .await;
+    let (_, body) = json_response(&mut plugin, id).await;
     assert_eq!(
         (&body["body"], &body["body_base64"]),
         (&json!(null), &json!("/wD+"))
@@ -175,7 +192,7 @@ pub(crate) async fn echo(t: &Target) {
 pub(crate) async fn slow(t: &Target) {
     let mut plugin = Plugin::ready(t).await;
     let id = plugin.http("GET", &t.path("/slow"), "ms=10");
-    let (status, body) = json_response(&plugin.reply(Some(id)).await);
+    let (status, body) = json_response(&mut plugin, id).await;
     assert_eq!((status, body), (200, json!({"slept_ms": 10})));
 }
 
@@ -260,7 +277,7 @@ pub(crate) async fn concurrent_requests(t: &Target) {
     }
     let mut counts = BTreeSet::new();
     for (id, i) in sent {
-        let (status, body) = json_response(&plugin.reply(Some(id)).await);
+        let (status, body) = json_response(&mut plugin, id).await;
         match i % 4 {
             0 => assert_eq!((status, &body["plugin"]), (200, &json!(t.id))),
             1 => assert_eq!((status, &body["query"]), (200, &json!(format!("i={i}")))),
@@ -315,7 +332,10 @@ pub(crate) async fn cancel(t: &Target) {
     plugin.send(&Message::new(None, Payload::Shutdown));
     let after = plugin.until_eof().await;
     assert!(
-        after.iter().all(|m| m.request_id != Some(cancelled)),
+        after.iter().all(|i| match i {
+            Inbound::Message(m) => m.request_id != Some(cancelled),
+            Inbound::Data(d) => d.stream != cancelled,
+        }),
         "a cancelled request was answered: {after:?}"
     );
     assert_eq!(plugin.exit_status().await.code(), Some(0));
@@ -348,11 +368,9 @@ pub(crate) async fn oversized_frame(t: &Target) {
     let mut plugin = Plugin::ready(t).await;
     plugin.send_raw(&0x7fff_ffffu32.to_be_bytes());
     let status = plugin.exit_status().await;
-    assert_eq!(status.code(), Some(1), "stderr: {}", plugin.stderr());
-    assert!(
-        !plugin.stderr().trim().is_empty(),
-        "a line on stderr says why"
-    );
+    let stderr = plugin.stderr_to_end().await;
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.trim().is_empty(), "a line on stderr says why");
 }
 
 pub(crate) async fn shutdown(t: &Target) {
@@ -362,7 +380,7 @@ pub(crate) async fn shutdown(t: &Target) {
     let late = plugin.http("GET", &t.path(""), "");
     let (code, _) = error_reply(&plugin.reply(Some(late)).await);
     assert_eq!(code, "shutting_down");
-    let (status, body) = json_response(&plugin.reply(Some(slow)).await);
+    let (status, body) = json_response(&mut plugin, slow).await;
     assert_eq!((status, body), (200, json!({"slept_ms": 2000})));
     assert!(plugin.until_eof().await.is_empty());
     assert_eq!(plugin.exit_status().await.code(), Some(0));
