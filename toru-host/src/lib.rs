@@ -49,7 +49,7 @@ pub use builder::PluginHostBuilder;
 pub use check::{CheckReport, CheckStep, check_plugin};
 pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
-pub use host::{PluginHost, PluginInfo, PluginState};
+pub use host::{PluginHost, PluginInfo, PluginState, ScanReport};
 pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
 pub use request::{PluginRequest, PluginResponse};
 pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};

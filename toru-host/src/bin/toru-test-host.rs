@@ -22,6 +22,7 @@ async fn main() {
         .await
         .expect("host starts");
     let mut events = host.subscribe();
+    host.discovered().await;
     loop {
         let plugins = host.list();
         if plugins.iter().all(|p| p.state.serves()) {

@@ -97,6 +97,7 @@ pub(crate) fn spawn(
     let mut child = cmd.spawn().map_err(|e| SpawnError::Exec {
         file: file.to_owned(),
         reason: e.to_string(),
+        errno: e.raw_os_error(),
     })?;
     let pid = child.id().expect("a child that was just spawned has a pid");
     Ok(Spawned {

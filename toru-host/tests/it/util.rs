@@ -54,11 +54,12 @@ impl Env {
         b
     }
 
+    /// Starts a host on this env and waits for its first scan of the plugins folder.
     pub async fn start(&self) -> PluginHost {
-        self.builder().start().await.expect("host starts")
+        start_with(&self.builder()).await
     }
 
-    fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+    pub fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
         std::fs::create_dir_all(self.plugins()).unwrap();
         let path = self.plugins().join(name);
         std::fs::write(&path, contents).unwrap();
@@ -68,9 +69,29 @@ impl Env {
 
     /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`.
     pub fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
-        let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
-        let script = format!("#!/bin/sh\nexec '{bin}' {mode} {id} \"$@\"\n");
-        self.install_file(&format!("{id}.binary"), script.as_bytes())
+        self.install_test_plugin_with(mode, id, &[])
+    }
+
+    /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`, run with `env` set.
+    pub fn install_test_plugin_with(&self, mode: &str, id: &str, env: &[(&str, &str)]) -> PathBuf {
+        self.install_file(
+            &format!("{id}.binary"),
+            test_plugin_script(mode, id, env).as_bytes(),
+        )
+    }
+
+    /// Replaces plugin file `name` as a package manager would: the new contents are written
+    /// beside it under another name, then renamed over it.
+    pub fn replace_atomically(&self, name: &str, contents: &[u8]) {
+        let tmp = self.plugins().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, self.plugins().join(name)).unwrap();
+    }
+
+    /// Overwrites plugin file `name` in place, as `cp new old` does.
+    pub fn overwrite(&self, name: &str, contents: &[u8]) {
+        std::fs::write(self.plugins().join(name), contents).unwrap();
     }
 
     /// Installs the Rust example plugin as `hello-rust.binary`.
@@ -85,6 +106,17 @@ impl Env {
             .join("../examples/hello-plugin-python/hello-plugin-python.binary");
         self.install_file("hello-python.binary", &std::fs::read(src).unwrap())
     }
+}
+
+/// A shell script that runs `toru-test-plugin <mode> <id>` with `env` set.
+pub fn test_plugin_script(mode: &str, id: &str, env: &[(&str, &str)]) -> String {
+    let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str(&format!("exec '{bin}' {mode} {id} \"$@\"\n"));
+    script
 }
 
 /// A binary of another workspace package, built by `cargo test --workspace` (or
@@ -103,6 +135,13 @@ pub fn example_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Starts a host from `builder` and waits for its first scan of the plugins folder.
+pub async fn start_with(builder: &PluginHostBuilder) -> PluginHost {
+    let host = builder.start().await.expect("host starts");
+    host.discovered().await;
+    host
 }
 
 pub fn fast_restarts() -> RestartPolicy {
