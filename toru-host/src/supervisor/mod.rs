@@ -92,6 +92,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, id: &str, found: Found) -> Runner {
                 found,
                 commands: rx,
                 stop: task_stop,
+                adopted: None,
             }
             .run()
             .await;
@@ -113,6 +114,8 @@ struct Supervisor {
     found: Found,
     commands: mpsc::Receiver<Command>,
     stop: CancellationToken,
+    /// A replaced file taken while its upgrade was cut short: shown with the end of the run.
+    adopted: Option<Found>,
 }
 
 /// How a run of the process ended, when it was not asked to.
@@ -348,15 +351,25 @@ impl Supervisor {
         }
     }
 
-    /// Takes `found` as the file the next start runs, and shows its metadata.
+    /// Takes `found` as the file the next start runs; its metadata is shown from the change
+    /// that records how the run ended.
     fn adopt(&mut self, found: Found) {
-        let adopted = found.clone();
-        self.shared.update(&self.id, |e| {
-            e.found = adopted;
-            e.upgrade_error = None;
-            e.rejected = None;
-        });
+        self.adopted = Some(found.clone());
         self.found = found;
+    }
+
+    /// Applies a change that ends a run, showing a file adopted during it.
+    async fn end_run(&mut self, change: Change) -> Option<PluginState> {
+        let adopted = self.adopted.take();
+        self.shared
+            .transition(&self.id, change, |e| {
+                if let Some(found) = adopted {
+                    e.found = found;
+                    e.upgrade_error = None;
+                    e.rejected = None;
+                }
+            })
+            .await
     }
 
     /// Records how a run ended. Returns the delay before the next start, or `None` when there
@@ -377,7 +390,7 @@ impl Supervisor {
             tail: run.tail,
         };
         if reason.is_final() {
-            self.change(Change::Failed { ended }).await;
+            self.end_run(Change::Failed { ended }).await;
             return None;
         }
         let before = self
@@ -398,7 +411,7 @@ impl Supervisor {
             ),
             None => (AfterCrash::Disable { count }, None),
         };
-        match self.change(Change::Crashed { ended, then }).await {
+        match self.end_run(Change::Crashed { ended, then }).await {
             Some(PluginState::BackingOff { .. }) => delay,
             Some(PluginState::Disabled) => {
                 // Persisted, so that the plugin stays disabled across restarts.

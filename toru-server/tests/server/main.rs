@@ -7,5 +7,6 @@ mod check;
 mod errors;
 mod license;
 mod lifecycle;
+mod live;
 mod routes;
 mod util;
