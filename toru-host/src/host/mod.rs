@@ -1,6 +1,7 @@
 //! [`PluginHost`]: the cloneable handle an application (or `toru-server`) uses.
 
 mod calls;
+mod changes;
 mod manage;
 mod rescan;
 
