@@ -151,12 +151,15 @@ impl PluginHost {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
                 _ = changed(&watch) => {
-                    // Debounce: wait until the folder has been quiet for a while.
+                    // Debounce: wait until the folder has been quiet for a while, but not for
+                    // ever (a file written to without pause must not hold every scan back).
+                    let latest = tokio::time::Instant::now() + settings.watch_debounce * 10;
                     loop {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = changed(&watch) => {}
                             _ = tokio::time::sleep(settings.watch_debounce) => break,
+                            _ = tokio::time::sleep_until(latest) => break,
                         }
                     }
                 }
