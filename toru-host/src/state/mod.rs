@@ -32,8 +32,8 @@ macro_rules! state_names {
     };
 }
 
-/// Where a plugin is in its life. `docs/architecture.md` draws the state machine; every change
-/// goes through [`machine::next`].
+/// Where a plugin is in its life. `docs/architecture.md` draws the state machine, and every
+/// change of state is checked against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]

@@ -298,8 +298,9 @@ impl Instance {
                 "old process {pid} finished its requests ({in_flight} in flight at the upgrade)"
             ),
         );
-        self.stop(&shared, &id).await;
+        // Done draining (counted before the process goes, so that once it is gone, so is it).
         shared.update(&id, |e| e.draining = e.draining.saturating_sub(1));
+        self.stop(&shared, &id).await;
     }
 }
 
