@@ -191,7 +191,13 @@ impl PluginHost {
                 found: Box::new(found.clone()),
                 reply,
             };
-            if commands.send(command).await.is_ok() {
+            let sent = match commands.try_send(command) {
+                Ok(()) => true,
+                // Earlier upgrades it has not taken yet: this one is tried on the next scan.
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return Did::Nothing,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if sent {
                 let settings = &shared.settings;
                 let patience =
                     settings.start_timeout * 2 + settings.stop_grace + Duration::from_secs(5);

@@ -229,6 +229,12 @@ impl Supervisor {
                         ran_for,
                     });
                 }
+                Next::Command(Command::Upgrade { found, reply })
+                    if found.hash == self.found.hash =>
+                {
+                    // Asked twice for the same file: it runs already.
+                    let _ = reply.send(Upgrade::Upgraded);
+                }
                 Next::Command(Command::Upgrade { found, reply }) => {
                     match self.upgrade(&mut current, *found).await {
                         Ok(outcome) => {

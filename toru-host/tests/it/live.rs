@@ -407,3 +407,41 @@ async fn two_hundred_plugins_all_load_and_start() {
     assert!(list.iter().all(|p| p.state == PluginState::Running));
     host.shutdown().await;
 }
+
+/// The same, for real: a host process that has run out of file descriptors (a lowered
+/// `RLIMIT_NOFILE`, its table filled) cannot restart a plugin that crashed; the plugin waits in
+/// `out_of_resources`, not counted as crashing, and starts once descriptors are free again.
+#[tokio::test]
+async fn a_host_out_of_file_descriptors_retries_the_restart_without_counting_crashes() {
+    use tokio::io::AsyncBufReadExt;
+    let env = Env::new();
+    env.install_test_plugin("serve", "starved");
+    let mut host = tokio::process::Command::new(env!("CARGO_BIN_EXE_toru-test-host"))
+        .arg(env.dir.path())
+        .arg("exhaust")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(host.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the test host said nothing more")
+            .unwrap()
+            .expect("the test host ended early")
+    };
+    assert!(next_line().await.starts_with("ready "));
+    let starved = next_line().await;
+    assert!(
+        starved.starts_with("out_of_resources") && starved.contains("Too many open files"),
+        "{starved}"
+    );
+    // One crash (the kill), one restart, however many starts failed for want of descriptors.
+    assert_eq!(next_line().await, "recovered 1 1");
+    let status = tokio::time::timeout(WAIT, host.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
