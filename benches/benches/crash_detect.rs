@@ -69,6 +69,7 @@ async fn main() {
         .await
         .unwrap();
     let mut rx = host.subscribe();
+    host.discovered().await;
     let mut samples = Vec::with_capacity(CRASHES);
     for _ in 0..CRASHES {
         if !host.get(ID).unwrap().state.serves() {

@@ -1,6 +1,7 @@
 //! Configuring and starting a [`PluginHost`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toru_plugin_api::protocol::DEFAULT_MAX_FRAME_LEN;
@@ -33,6 +34,34 @@ pub struct PluginHostBuilder {
     pub(crate) event_retention: Duration,
     pub(crate) containment: Option<Containment>,
     pub(crate) default_limits: Limits,
+    pub(crate) watch_plugins: bool,
+    pub(crate) watch_debounce: Duration,
+    pub(crate) rescan_interval: Duration,
+    pub(crate) launch_concurrency: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) spawn_fault: Option<SpawnFault>,
+}
+
+/// A test hook that makes chosen plugin spawns fail (see
+/// [`PluginHostBuilder::spawn_fault`]).
+#[derive(Clone)]
+pub(crate) struct SpawnFault(pub(crate) Arc<FaultFn>);
+
+/// Given a plugin id, the OS error number its spawn fails with, if any.
+type FaultFn = dyn Fn(&str) -> Option<i32> + Send + Sync;
+
+impl std::fmt::Debug for SpawnFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpawnFault(..)")
+    }
+}
+
+/// The default launch concurrency: the number of CPUs, at least 2.
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(2)
+        .max(2)
 }
 
 impl Default for PluginHostBuilder {
@@ -55,6 +84,12 @@ impl Default for PluginHostBuilder {
             event_retention: Duration::from_secs(7 * 24 * 3600),
             containment: None,
             default_limits: Limits::default(),
+            watch_plugins: true,
+            watch_debounce: Duration::from_millis(300),
+            rescan_interval: Duration::from_secs(30),
+            launch_concurrency: cpus(),
+            drain_timeout: Duration::from_secs(30),
+            spawn_fault: None,
         }
     }
 }
@@ -87,7 +122,8 @@ impl PluginHostBuilder {
         self
     }
 
-    /// How long `plugin --metadata` may take (default 5 s).
+    /// How long `plugin --metadata` may take (default 5 s). A run that takes longer is tried
+    /// again on later scans, after 1, 2, 4 ... s, at most a minute apart.
     pub fn metadata_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.metadata_timeout = timeout;
         self
@@ -145,7 +181,8 @@ impl PluginHostBuilder {
         self
     }
 
-    /// Whether a plugin that `config.json` does not mention starts enabled (default `true`).
+    /// Whether a plugin that `config.json` does not mention starts enabled (default `true`): a
+    /// file dropped in the plugins folder starts at once.
     pub fn enable_new_plugins(&mut self, enable: bool) -> &mut Self {
         self.enable_new_plugins = enable;
         self
@@ -173,8 +210,58 @@ impl PluginHostBuilder {
         self
     }
 
-    /// Opens the database, scans the plugins folder and starts every enabled plugin. Returns
-    /// once every plugin has been found and its start begun; it does not wait for `ready`.
+    /// Whether the plugins folder is watched (inotify): files that appear, change or go away
+    /// are noticed within [`watch_debounce`](Self::watch_debounce) of the last change
+    /// (default `true`). Without it, the folder is scanned every
+    /// [`rescan_interval`](Self::rescan_interval) and on [`PluginHost::rescan`].
+    pub fn watch_plugins(&mut self, watch: bool) -> &mut Self {
+        self.watch_plugins = watch;
+        self
+    }
+
+    /// How long the plugins folder must be quiet before a change is acted on, and how long a
+    /// file must go unmodified before it is loaded (a file being copied is left alone until
+    /// then) (default 300 ms).
+    pub fn watch_debounce(&mut self, debounce: Duration) -> &mut Self {
+        self.watch_debounce = debounce;
+        self
+    }
+
+    /// How often the plugins folder is scanned even when the watch reports nothing, as a
+    /// safety net (default 30 s).
+    pub fn rescan_interval(&mut self, interval: Duration) -> &mut Self {
+        self.rescan_interval = interval;
+        self
+    }
+
+    /// How many `--metadata` runs and plugin starts (spawn to `ready`) may run at once
+    /// (default: the number of CPUs, at least 2). A start waiting for its turn is not timed.
+    pub fn launch_concurrency(&mut self, n: usize) -> &mut Self {
+        self.launch_concurrency = n.max(1);
+        self
+    }
+
+    /// After an upgrade, how long the old version may take to finish the requests it has
+    /// before it is stopped (default 30 s).
+    pub fn drain_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// For tests: `fault(plugin_id)` runs before each plugin process is spawned, and when it
+    /// returns an OS error number, the spawn fails with that error instead.
+    #[doc(hidden)]
+    pub fn spawn_fault(
+        &mut self,
+        fault: impl Fn(&str) -> Option<i32> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.spawn_fault = Some(SpawnFault(Arc::new(fault)));
+        self
+    }
+
+    /// Opens the database and returns: the plugins folder is scanned in the background, and
+    /// each plugin, as its metadata is read, is listed, announced (`discovered`) and, when
+    /// enabled, started. [`PluginHost::discovered`] waits for the first scan.
     ///
     /// # Errors
     /// A folder that cannot be created, a corrupt `config.json` or database.

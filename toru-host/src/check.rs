@@ -127,6 +127,7 @@ pub async fn check_plugin(file: &Path) -> CheckReport {
         }
     };
     let mut events = host.subscribe();
+    host.discovered().await;
     run_steps(&host, &mut report, &mut events).await;
     host.shutdown().await;
     report

@@ -29,8 +29,39 @@ use crate::logs::PluginLogs;
 use crate::request::PluginResponse;
 use crate::store::PluginKv;
 
-/// The close reason when the plugin closes its end of the socket.
-pub(crate) const CLOSED_BY_PLUGIN: &str = "the plugin closed its connection";
+/// Why a connection was closed. Rendered to text only where it is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The plugin closed its end of the socket.
+    ClosedByPlugin,
+    /// The plugin broke the protocol (a frame that is not a message, an oversized frame, a
+    /// message it may not send); the text says how.
+    Protocol(String),
+    /// Writing to the socket failed.
+    WriteFailed(String),
+    /// The host closed it; the text says why.
+    Host(String),
+}
+
+impl CloseReason {
+    /// Whether the plugin broke the protocol: then that, not how its process ended, is the cause.
+    pub(crate) fn is_protocol_break(&self) -> bool {
+        matches!(self, CloseReason::Protocol(_))
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClosedByPlugin => f.write_str("the plugin closed its connection"),
+            CloseReason::Protocol(why) => write!(f, "plugin broke the protocol: {why}"),
+            CloseReason::WriteFailed(why) => {
+                write!(f, "writing to the plugin's socket failed: {why}")
+            }
+            CloseReason::Host(why) => f.write_str(why),
+        }
+    }
+}
 
 /// A reply from the plugin, detached from its frame.
 #[derive(Debug)]
@@ -76,7 +107,11 @@ struct Inner {
     pending: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
     closed: CancellationToken,
-    close_reason: Mutex<Option<String>>,
+    close_reason: Mutex<Option<CloseReason>>,
+    /// Woken whenever the last call in flight ends, or the last lease is dropped.
+    idle: tokio::sync::Notify,
+    /// Callers that hold the connection to make a call (see [`Connection::lease`]).
+    leases: std::sync::atomic::AtomicUsize,
 }
 
 impl Connection {
@@ -97,6 +132,8 @@ impl Connection {
             next_id: AtomicU64::new(1),
             closed: CancellationToken::new(),
             close_reason: Mutex::new(None),
+            idle: tokio::sync::Notify::new(),
+            leases: std::sync::atomic::AtomicUsize::new(0),
         });
         let conn = Connection { inner };
         let span = tracing::debug_span!("connection", plugin.id = %plugin_id);
@@ -159,30 +196,68 @@ impl Connection {
     }
 
     /// Closes the connection, keeping the first reason given.
-    pub(crate) fn close(&self, reason: impl Into<String>) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         let mut slot = self.inner.close_reason.lock().expect("close reason lock");
         if slot.is_none() {
-            *slot = Some(reason.into());
+            *slot = Some(reason);
         }
         drop(slot);
         self.inner.closed.cancel();
         self.lock_pending().clear();
+        self.inner.idle.notify_waiters();
     }
 
     /// Waits until the connection is closed and says why.
-    pub(crate) async fn closed(&self) -> String {
+    pub(crate) async fn closed(&self) -> CloseReason {
         self.inner.closed.cancelled().await;
         self.close_reason()
-            .unwrap_or_else(|| "connection closed".into())
+            .unwrap_or_else(|| CloseReason::Host("connection closed".into()))
     }
 
     /// Why the connection was closed, if it was.
-    pub(crate) fn close_reason(&self) -> Option<String> {
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         self.inner
             .close_reason
             .lock()
             .expect("close reason lock")
             .clone()
+    }
+
+    /// How many calls wait for the plugin's reply, or are about to be made (leases).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock_pending().len() + self.inner.leases.load(Ordering::Acquire)
+    }
+
+    /// The connection, held for a call: until the lease is dropped, [`drained`](Self::drained)
+    /// counts it as in flight. Taken where the connection is looked up, so that a call made
+    /// just as the plugin is upgraded is not cut off between the lookup and its request.
+    pub(crate) fn lease(&self) -> Leased {
+        self.inner.leases.fetch_add(1, Ordering::AcqRel);
+        Leased(self.clone())
+    }
+
+    /// Waits until no call waits for a reply (at once when none does, and when the connection
+    /// is closed). New calls may start meanwhile; this returns the first time none is left.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let idle = self.inner.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight() == 0 || self.inner.closed.is_cancelled() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Removes a pending call, waking [`drained`](Self::drained) when it was the last.
+    fn take_pending(&self, id: RequestId) -> Option<oneshot::Sender<Reply>> {
+        let mut pending = self.lock_pending();
+        let waiter = pending.remove(&id);
+        if waiter.is_some() && pending.is_empty() {
+            self.inner.idle.notify_waiters();
+        }
+        waiter
     }
 
     fn lock_pending(
@@ -192,13 +267,31 @@ impl Connection {
     }
 
     fn deliver(&self, id: Option<RequestId>, reply: Reply) {
-        let waiter = id.and_then(|id| self.lock_pending().remove(&id));
+        let waiter = id.and_then(|id| self.take_pending(id));
         match waiter {
             Some(tx) => {
                 let _ = tx.send(reply);
             }
             // A reply after a timeout or cancel; nobody waits for it any more.
             None => tracing::debug!(request.id = ?id, "reply to a request nobody waits for"),
+        }
+    }
+}
+
+/// A connection held for a call (see [`Connection::lease`]).
+pub(crate) struct Leased(Connection);
+
+impl std::ops::Deref for Leased {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.0
+    }
+}
+
+impl Drop for Leased {
+    fn drop(&mut self) {
+        if self.0.inner.leases.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.inner.idle.notify_waiters();
         }
     }
 }
@@ -212,7 +305,7 @@ struct CancelOnDrop<'a> {
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
-        if self.armed && self.conn.lock_pending().remove(&self.id).is_some() {
+        if self.armed && self.conn.take_pending(self.id).is_some() {
             let cancel = Message::with_id(self.id, Payload::Cancel);
             if let Ok(frame) = self.conn.encode(&cancel) {
                 let _ = self.conn.inner.out.try_send(frame);
@@ -237,7 +330,7 @@ async fn writer(conn: Connection, write: OwnedWriteHalf, mut rx: mpsc::Receiver<
             result = write.write_all(&more).await;
         }
         if let Err(e) = result.and(write.flush().await) {
-            conn.close(format!("writing to the plugin's socket failed: {e}"));
+            conn.close(CloseReason::WriteFailed(e.to_string()));
             break;
         }
     }
@@ -256,26 +349,26 @@ async fn reader(
         };
         let frame = match next {
             None => {
-                conn.close(CLOSED_BY_PLUGIN);
+                conn.close(CloseReason::ClosedByPlugin);
                 return;
             }
             Some(Err(e)) => {
-                conn.close(format!("plugin broke the protocol: {e}"));
+                conn.close(CloseReason::Protocol(e.to_string()));
                 return;
             }
             Some(Ok(Incoming::Message(frame))) => frame,
             Some(Ok(Incoming::Data(data))) => {
                 // The host agrees on protocol 1 only for now, which has no streams.
-                conn.close(format!(
-                    "plugin broke the protocol: a data frame (stream {}) on a protocol 1 connection",
+                conn.close(CloseReason::Protocol(format!(
+                    "a data frame (stream {}) on a protocol 1 connection",
                     data.stream
-                ));
+                )));
                 return;
             }
         };
         tracing::trace!(len = frame.bytes().len(), "frame from plugin");
         if let Err(reason) = dispatch(&conn, &frame, &services) {
-            conn.close(reason);
+            conn.close(CloseReason::Protocol(reason));
             return;
         }
     }
@@ -285,7 +378,7 @@ async fn reader(
 fn dispatch(conn: &Connection, frame: &Frame, services: &Services) -> Result<(), String> {
     let message = frame
         .message()
-        .map_err(|e| format!("plugin broke the protocol: {e}: {}", source_text(&e)))?;
+        .map_err(|e| format!("{e}: {}", source_text(&e)))?;
     let id = message.request_id;
     match message.payload {
         Payload::Ready(r) => conn.deliver(id, Reply::Ready(r)),

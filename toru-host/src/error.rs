@@ -72,6 +72,8 @@ pub enum SpawnError {
         file: PathBuf,
         /// The OS error, in words.
         reason: String,
+        /// The OS error number, when there was one.
+        errno: Option<i32>,
     },
     /// The process exited before it was ready.
     #[error("plugin exited during start-up with {0}")]

@@ -2,56 +2,73 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What kind of thing happened to a plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum EventKind {
-    /// A plugin file was found (at start or on rescan).
-    Discovered,
-    /// A plugin file went away (on rescan).
-    Removed,
-    /// A plugin could not be loaded (bad metadata, duplicate id, ...); `reason` says why.
-    LoadFailed,
-    /// An operator enabled the plugin.
-    Enabled,
-    /// The plugin was disabled, by an operator or by the supervisor (`reason` says which).
-    Disabled,
-    /// The plugin answered `ready` and serves requests.
-    Started,
-    /// The plugin stopped because the host asked it to.
-    Stopped,
-    /// The plugin exited or was killed without the host asking; `exit` and `stderr_tail` say how.
-    Crashed,
-    /// The plugin missed its health pings.
-    Unhealthy,
-    /// A restart is scheduled after `delay_ms`.
-    Restarting,
-    /// The plugin is running again after a crash.
-    Restarted,
-    /// The plugin failed and will not be restarted (exit code 78, an incompatible protocol, a
-    /// start that cannot work); `reason` says why.
-    Failed,
+/// Declares [`EventKind`] and its names from one table, so the two cannot drift.
+macro_rules! event_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// What kind of thing happened to a plugin.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        #[non_exhaustive]
+        pub enum EventKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl EventKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [EventKind] = &[$(EventKind::$variant,)*];
+
+            /// The kind's name, as stored and sent.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventKind::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl EventKind {
-    /// The kind's name, as stored and sent.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Discovered => "discovered",
-            EventKind::Removed => "removed",
-            EventKind::LoadFailed => "load_failed",
-            EventKind::Enabled => "enabled",
-            EventKind::Disabled => "disabled",
-            EventKind::Started => "started",
-            EventKind::Stopped => "stopped",
-            EventKind::Crashed => "crashed",
-            EventKind::Unhealthy => "unhealthy",
-            EventKind::Restarting => "restarting",
-            EventKind::Restarted => "restarted",
-            EventKind::Failed => "failed",
-        }
-    }
+event_kinds! {
+    /// A plugin file was found (at start, by the folder watcher or a rescan), or the file of a
+    /// `missing` plugin is back.
+    Discovered = "discovered",
+    /// A plugin file went away: a plugin that was loaded is now `missing` (its settings and data
+    /// are kept); one that had failed to load is forgotten.
+    Removed = "removed",
+    /// A plugin could not be loaded (bad metadata, duplicate id, ...); `reason` says why.
+    LoadFailed = "load_failed",
+    /// An operator enabled the plugin.
+    Enabled = "enabled",
+    /// The plugin was disabled, by an operator or by the supervisor (`reason` says which).
+    Disabled = "disabled",
+    /// The plugin answered `ready` and serves requests.
+    Started = "started",
+    /// The plugin stopped because the host asked it to.
+    Stopped = "stopped",
+    /// The plugin exited or was killed without the host asking; `exit` and `stderr_tail` say how.
+    Crashed = "crashed",
+    /// The plugin missed its health pings.
+    Unhealthy = "unhealthy",
+    /// An unhealthy plugin answered its pings again.
+    Recovered = "recovered",
+    /// A restart is scheduled after `delay_ms`.
+    Restarting = "restarting",
+    /// The plugin is running again after a crash.
+    Restarted = "restarted",
+    /// The plugin failed and will not be restarted (exit code 78, an incompatible protocol, a
+    /// start that cannot work); `reason` says why.
+    Failed = "failed",
+    /// The plugin could not be started for lack of resources (too many open files or
+    /// processes, too little memory); another start follows after `delay_ms`. Not a crash.
+    OutOfResources = "out_of_resources",
+    /// The plugin's file was replaced while it runs: the new version is starting beside the
+    /// running one (`reason` names both versions).
+    Upgrading = "upgrading",
+    /// The plugin's file was replaced and its metadata read afresh; a running plugin now serves
+    /// from the new version, and the old one finishes its requests in flight, then stops.
+    Upgraded = "upgraded",
+    /// The plugin's file was replaced but the new version could not be loaded or started; the
+    /// old one keeps serving. `reason`, `exit` and `stderr_tail` say why.
+    UpgradeFailed = "upgrade_failed",
 }
 
 impl std::fmt::Display for EventKind {
@@ -103,13 +120,14 @@ pub struct PluginEvent {
     /// Why, in words, when there is more to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// How the process ended, for `crashed`, `stopped` and `failed`.
+    /// How the process ended, for `crashed`, `stopped`, `failed` and `upgrade_failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitStatus>,
-    /// The delay before the next start, for `restarting`, in milliseconds.
+    /// The delay before the next start, for `restarting` and `out_of_resources`, in
+    /// milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
-    /// The plugin's last stderr lines, for `crashed` and `failed`.
+    /// The plugin's last stderr lines, for `crashed`, `failed` and `upgrade_failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stderr_tail: Vec<String>,
     /// The limit the plugin exceeded, for a `crashed` that a limit explains.

@@ -3,7 +3,9 @@
 //! A [`PluginHost`] finds plugin executables (`*.binary`) in a folder, asks each for its
 //! metadata, starts the enabled ones as separate processes, talks to them over Unix sockets
 //! (see `docs/protocol.md`), restarts them with backoff when they crash, gives each a private
-//! key-value namespace in a redb database, and writes their logs.
+//! key-value namespace in a redb database, and writes their logs. The folder is live: files
+//! added, replaced (an upgrade without downtime) or removed while the host runs are noticed on
+//! their own.
 //!
 //! ```no_run
 //! use toru_host::{PluginHost, PluginRequest};
@@ -13,8 +15,9 @@
 //!     .plugin_dir("./plugins")
 //!     .data_dir("./data")
 //!     .start()
-//!     .await?;
-//! let mut events = host.subscribe(); // started, crashed, restarting, ...
+//!     .await?; // returns at once; plugins come up in the background
+//! let mut events = host.subscribe(); // discovered, started, crashed, upgraded, ...
+//! host.discovered().await; // every file in the folder is listed, enabled ones starting
 //! let response = host
 //!     .request_by_path(&PluginRequest::get("/hello-rust/"))
 //!     .await?;
@@ -55,7 +58,7 @@ pub use contain::limits::{
 };
 pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
-pub use host::{PluginHost, PluginInfo, PluginState};
+pub use host::{PluginHost, PluginInfo, PluginState, ScanReport};
 pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
 pub use request::{PluginRequest, PluginResponse};
 pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};

@@ -75,6 +75,25 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "TORU_STOP_GRACE", default_value = "5s", value_parser = duration, global = true)]
     pub(crate) stop_grace: Duration,
 
+    /// Do not watch the plugins folder (inotify): new, replaced and removed plugin files are
+    /// then noticed every --rescan-interval and on `POST /api/plugins/rescan` only.
+    #[arg(long, env = "TORU_NO_WATCH", global = true)]
+    pub(crate) no_watch: bool,
+
+    /// How often the plugins folder is scanned even when no change was reported.
+    #[arg(long, env = "TORU_RESCAN_INTERVAL", default_value = "30s", value_parser = duration, global = true)]
+    pub(crate) rescan_interval: Duration,
+
+    /// How many plugins may run `--metadata` or start (spawn to ready) at once [default: the
+    /// number of CPUs, at least 2].
+    #[arg(long, env = "TORU_LAUNCH_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub(crate) launch_concurrency: Option<u16>,
+
+    /// After a plugin's file is replaced, how long its old version may take to finish its
+    /// requests in flight before it is stopped.
+    #[arg(long, env = "TORU_UPGRADE_DRAIN", default_value = "30s", value_parser = duration, global = true)]
+    pub(crate) upgrade_drain: Duration,
+
     /// On SIGINT or SIGTERM, how long requests in flight may run on before they are cancelled.
     #[arg(long, env = "TORU_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub(crate) drain_timeout: Duration,

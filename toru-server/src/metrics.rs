@@ -19,16 +19,6 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-const STATES: &[&str] = &[
-    "disabled",
-    "starting",
-    "running",
-    "unhealthy",
-    "backing_off",
-    "failed",
-    "stopping",
-];
-
 /// The process-wide recorder's handle, installed on first use.
 pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -128,7 +118,7 @@ pub(crate) fn render(plugins: &[PluginInfo]) -> String {
         metrics::counter!(RESTARTS, "plugin" => id.clone()).absolute(u64::from(info.restarts));
         metrics::gauge!(UP, "plugin" => id.clone()).set(f64::from(u8::from(info.state.serves())));
         let current = info.state.name();
-        for state in STATES {
+        for state in toru_host::PluginState::NAMES {
             let value = f64::from(u8::from(*state == current));
             metrics::gauge!(STATE, "plugin" => id.clone(), "state" => *state).set(value);
         }

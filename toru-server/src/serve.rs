@@ -40,6 +40,10 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
         .await
         .context("cannot start the plugin host")?;
     let started = async {
+        if !extras.enable.is_empty() {
+            // The host scans its folder in the background; the demo's plugins must be found.
+            host.discovered().await;
+        }
         for id in &extras.enable {
             host.enable(id)
                 .await
@@ -66,7 +70,7 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
     let routes = routes::routes(Arc::clone(&state));
     crate::metrics::spawn_upkeep(shutdown.clone());
     announce(addr, admin.new_secret.as_deref(), admin.source);
-    tracing::info!(%addr, plugins = host.list().len(), "toru-server listening");
+    tracing::info!(%addr, plugins_dir = %host.plugin_dir().display(), "toru-server listening; plugins come up behind it");
 
     let server = warp::serve(routes)
         .incoming(listener)
@@ -94,7 +98,13 @@ pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
         .request_timeout(args.request_timeout)
         .start_timeout(args.start_timeout)
         .stop_grace(args.stop_grace)
-        .default_limits(args.plugin_limits());
+        .default_limits(args.plugin_limits())
+        .watch_plugins(!args.no_watch)
+        .rescan_interval(args.rescan_interval)
+        .drain_timeout(args.upgrade_drain);
+    if let Some(n) = args.launch_concurrency {
+        builder.launch_concurrency(usize::from(n));
+    }
     if let Some(dir) = &args.log_dir {
         builder.log_dir(dir);
     }

@@ -353,3 +353,50 @@ async fn limits_in_the_details_panel_and_a_plugin_stopped_at_one() {
 fn sidebar_dot(id: &str, health: &str) -> String {
     format!("#sidebar-plugin-list [data-plugin-id='{id}'] .dot[data-health='{health}']")
 }
+
+/// The live plugins folder in the Plugin Manager (folder watch off, so that only the button
+/// acts): a file dropped in the folder appears after **Rescan**, running; once its file is
+/// removed, the next Rescan shows it as missing, with what that means.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescan_button_finds_a_new_plugin_and_shows_a_removed_one_as_missing() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start_args(&[], &["--no-watch", "--rescan-interval=1h"]);
+    with_browser(&server, async |b| {
+        b.login().await;
+        b.wait(
+            ".plugin-card[data-plugin-id='hello-python'][data-state='running']",
+            "cards",
+        )
+        .await;
+        server.drop_plugin("hello-late");
+        b.clear_toasts().await;
+        b.click("#rescan").await;
+        b.wait_text("#toast", "Rescanned: 1 new plugin").await;
+        b.wait(
+            ".plugin-card[data-plugin-id='hello-late'][data-state='running']",
+            "the new plugin's card, running",
+        )
+        .await;
+
+        server.remove_plugin("hello-late");
+        b.clear_toasts().await;
+        b.click("#rescan").await;
+        b.wait_text("#toast", "Rescanned: 1 removed").await;
+        b.wait(
+            ".plugin-card[data-plugin-id='hello-late'][data-state='missing']",
+            "the card of the removed plugin, missing",
+        )
+        .await;
+        b.wait_text(
+            ".plugin-card[data-plugin-id='hello-late'] .card-problem",
+            "put the file back",
+        )
+        .await;
+        b.wait_text(
+            ".plugin-card[data-plugin-id='hello-late'] .state-label",
+            "Missing",
+        )
+        .await;
+    })
+    .await;
+}

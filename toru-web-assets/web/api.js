@@ -70,6 +70,8 @@ export const api = {
   logout: () => request("/api/logout", { method: "POST", allowUnauthorized: true }),
   instance: () => request("/api/instance"),
   plugins: async () => (await request("/api/plugins")).plugins ?? [],
+  /** Scans the plugins folder now; resolves to `{report, plugins}`. */
+  rescan: () => request("/api/plugins/rescan", { method: "POST" }),
   plugin: (id) => request(plugin(id)),
   enable: (id) => request(`${plugin(id)}/enable`, { method: "POST" }),
   disable: (id) => request(`${plugin(id)}/disable`, { method: "POST" }),

@@ -96,7 +96,7 @@ export function openDetails(host, id, { onToggle, onClose }) {
 }
 
 function uptimeText(plugin) {
-  if (plugin.state !== "running" && plugin.state !== "unhealthy") return "–";
+  if (!["running", "unhealthy", "upgrading"].includes(plugin.state)) return "–";
   if (plugin.started_at_ms) return duration(Date.now() - plugin.started_at_ms);
   return duration(plugin.uptime_ms);
 }
@@ -115,7 +115,7 @@ function detailsContent(plugin, closeBtn, onToggle) {
   const logs = h("button", { class: "btn btn-sm", type: "button", "data-action": "details-logs", disabled: Boolean(plugin.load_error) }, icon("logs", 15), "View logs");
   logs.addEventListener("click", () => openLogs(plugin));
   const openPage =
-    plugin.enabled && !plugin.load_error
+    plugin.enabled && !plugin.load_error && plugin.state !== "missing"
       ? h("a", { class: "btn btn-sm", href: `#/plugin/${encodeURIComponent(plugin.id)}` }, icon("open", 15), "Open page")
       : null;
 
@@ -125,6 +125,7 @@ function detailsContent(plugin, closeBtn, onToggle) {
     ["Version", m.version || "–", "version"],
     ["Route", route ?? "–", "route", true],
     ["File", plugin.file, "file", true],
+    ["File SHA-256", plugin.file_sha256 ? `${plugin.file_sha256.slice(0, 16)}…` : "–", "file-sha256", true],
     ["State", stateLabel(plugin), "state"],
     ["Process", plugin.pid ? `pid ${plugin.pid}` : "–", "pid"],
     ["Uptime", uptimeText(plugin), "uptime"],
@@ -133,7 +134,8 @@ function detailsContent(plugin, closeBtn, onToggle) {
     ["Last exit", exitText(plugin.last_exit) ?? "–", "last-exit"],
     ["Protocol", plugin.protocol_version ? `v${plugin.protocol_version}` : "–", "protocol"],
   ];
-  if (plugin.state === "backing_off" && plugin.next_attempt_ms) {
+  if (plugin.draining) rows.push(["Old versions draining", String(plugin.draining), "draining"]);
+  if ((plugin.state === "backing_off" || plugin.state === "out_of_resources") && plugin.next_attempt_ms) {
     const wait = plugin.next_attempt_ms - Date.now();
     rows.splice(6, 0, ["Next start", wait > 0 ? `in ${countdown(wait)}` : "now", "next-attempt"]);
   }
@@ -163,6 +165,22 @@ function detailsContent(plugin, closeBtn, onToggle) {
     ),
     m.description ? h("p", { class: "details-desc" }, m.description) : null,
     h("div", { class: "details-actions" }, toggle, logs, openPage),
+    plugin.state === "missing"
+      ? h(
+          "div",
+          { class: "callout callout-warn", "data-field": "missing" },
+          h("strong", {}, "File missing"),
+          h("p", {}, "Its file was removed from the plugins folder. Its settings and data are kept; put the file back to bring it back."),
+        )
+      : null,
+    plugin.upgrade_error
+      ? h(
+          "div",
+          { class: "callout callout-bad", "data-field": "upgrade-error" },
+          h("strong", {}, "Upgrade failed; the running version serves on"),
+          h("pre", {}, plugin.upgrade_error),
+        )
+      : null,
     problem
       ? h(
           "div",

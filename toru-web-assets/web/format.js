@@ -8,11 +8,18 @@ const STATE_LABELS = {
   backing_off: "Crashed, restarting",
   failed: "Failed",
   stopping: "Stopping",
+  upgrading: "Upgrading",
+  out_of_resources: "Out of resources, retrying",
+  missing: "Missing",
 };
+
+/** Every state the server names (`PluginState::NAMES`), for the test that keeps them in step. */
+export const STATES = Object.keys(STATE_LABELS);
 
 /** A plugin state's label. */
 export function stateLabel(plugin) {
   if (plugin?.load_error) return "Could not load";
+  if (plugin?.state === "upgrading" && plugin.to_version) return `Upgrading to v${plugin.to_version}`;
   return STATE_LABELS[plugin?.state] ?? String(plugin?.state ?? "unknown");
 }
 
@@ -24,12 +31,15 @@ export function health(plugin) {
   if (!plugin || plugin.load_error) return "red";
   switch (plugin.state) {
     case "running":
+    case "upgrading":
       return "green";
     case "starting":
     case "stopping":
     case "unhealthy":
+    case "out_of_resources":
       return "amber";
     case "disabled":
+    case "missing":
       return "off";
     default:
       return "red";
@@ -114,7 +124,15 @@ const EVENT_LABELS = {
   restarting: "Restarting",
   restarted: "Restarted",
   failed: "Failed",
+  recovered: "Recovered",
+  out_of_resources: "Out of resources",
+  upgrading: "Upgrading",
+  upgraded: "Upgraded",
+  upgrade_failed: "Upgrade failed",
 };
+
+/** Every event kind the server sends (`EventKind::ALL`), for the test that keeps them in step. */
+export const EVENT_KINDS = Object.keys(EVENT_LABELS);
 
 /** An event kind's label. */
 export function eventLabel(kind) {
@@ -123,8 +141,8 @@ export function eventLabel(kind) {
 
 /** The tone of an event kind: good, bad, warn or neutral. */
 export function eventTone(kind) {
-  if (["started", "restarted", "enabled"].includes(kind)) return "good";
-  if (["crashed", "failed", "load_failed"].includes(kind)) return "bad";
-  if (["unhealthy", "restarting"].includes(kind)) return "warn";
+  if (["started", "restarted", "enabled", "recovered", "upgraded"].includes(kind)) return "good";
+  if (["crashed", "failed", "load_failed", "upgrade_failed"].includes(kind)) return "bad";
+  if (["unhealthy", "restarting", "out_of_resources", "removed"].includes(kind)) return "warn";
   return "neutral";
 }

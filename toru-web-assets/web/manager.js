@@ -1,6 +1,6 @@
 // The Plugin Manager: a card per installed plugin, a search box, toggles, logs and details.
 
-import { setEnabled } from "./actions.js";
+import { rescan, setEnabled } from "./actions.js";
 import { openDetails } from "./details.js";
 import { h, setAttr, setText, pluginIcon, iconText } from "./dom.js";
 import { countdown, duration, exitText, health, pluginName, stateLabel } from "./format.js";
@@ -18,6 +18,22 @@ export function mountManager(main) {
     autocomplete: "off",
   });
   const summary = h("p", { id: "plugin-summary", class: "page-sub" });
+  const rescanButton = h(
+    "button",
+    { id: "rescan", class: "btn btn-sm", type: "button", title: "Look for new, replaced and removed plugin files now" },
+    icon("refresh", 15),
+    "Rescan",
+  );
+  rescanButton.addEventListener("click", async () => {
+    rescanButton.disabled = true;
+    rescanButton.dataset.busy = "true";
+    try {
+      await rescan();
+    } finally {
+      rescanButton.disabled = false;
+      delete rescanButton.dataset.busy;
+    }
+  });
   const grid = h("div", { id: "plugin-grid", class: "card-grid" });
   const empty = h("div", { id: "plugin-empty", class: "empty-state", hidden: true });
   const layout = h("div", { class: "manager-layout" }, h("div", { class: "manager-main" }, grid, empty));
@@ -28,7 +44,7 @@ export function mountManager(main) {
       "header",
       { class: "page-header" },
       h("div", {}, h("h1", {}, "Plugins"), summary),
-      h("label", { class: "search" }, icon("search", 16), search),
+      h("div", { class: "page-tools" }, rescanButton, h("label", { class: "search" }, icon("search", 16), search)),
     ),
     layout,
   );
@@ -101,12 +117,20 @@ function renderCards({ grid, empty, summary, query, showDetails, toggle }) {
   const { loaded, error } = status();
   const all = getPlugins();
   const shown = all.filter((p) => matches(p, query.trim()));
-  const enabled = all.filter((p) => p.enabled).length;
+  const enabled = all.filter((p) => p.enabled && p.state !== "missing").length;
   const broken = all.filter((p) => p.load_error).length;
+  const missing = all.filter((p) => p.state === "missing").length;
   setText(
     summary,
     loaded
-      ? [`${all.length} installed`, `${enabled} enabled`, broken ? `${broken} could not load` : null].filter(Boolean).join(" · ")
+      ? [
+          `${all.length - missing} installed`,
+          `${enabled} enabled`,
+          broken ? `${broken} could not load` : null,
+          missing ? `${missing} missing` : null,
+        ]
+          .filter(Boolean)
+          .join(" · ")
       : "Loading…",
   );
 
@@ -183,6 +207,28 @@ function crashText(plugin) {
   return `Crashed${exit ? ` with ${exit}` : ""}. ${wait > 0 ? `Restarting in ${countdown(wait)}.` : "Restarting now."}`;
 }
 
+function resourcesText(plugin) {
+  const wait = plugin.next_attempt_ms ? plugin.next_attempt_ms - Date.now() : 0;
+  return `Could not start for lack of resources (${plugin.reason ?? "unknown"}). ${wait > 0 ? `Trying again in ${countdown(wait)}.` : "Trying again now."}`;
+}
+
+/** What is wrong with a plugin, in a sentence, or null. */
+function problemText(plugin) {
+  if (plugin.load_error) return `Could not load: ${plugin.load_error}`;
+  switch (plugin.state) {
+    case "failed":
+      return `Failed: ${plugin.reason ?? plugin.last_error ?? "unknown reason"}`;
+    case "backing_off":
+      return crashText(plugin);
+    case "out_of_resources":
+      return resourcesText(plugin);
+    case "missing":
+      return "Its file was removed from the plugins folder. Its settings and data are kept; put the file back to bring it back.";
+  }
+  if (plugin.upgrade_error) return `Upgrade failed, the running version serves on: ${plugin.upgrade_error}`;
+  return null;
+}
+
 function updateCard(card, plugin) {
   const m = plugin.metadata ?? {};
   const failedToLoad = Boolean(plugin.load_error);
@@ -202,15 +248,10 @@ function updateCard(card, plugin) {
   desc.hidden = !m.description;
 
   const problem = card.querySelector(".card-problem");
-  const text = failedToLoad
-    ? `Could not load: ${plugin.load_error}`
-    : plugin.state === "failed"
-      ? `Failed: ${plugin.reason ?? plugin.last_error ?? "unknown reason"}`
-      : plugin.state === "backing_off"
-        ? crashText(plugin)
-        : null;
+  const text = problemText(plugin);
   setText(problem, text ?? "");
   problem.hidden = !text;
+  setAttr(problem, "data-tone", plugin.state === "missing" || (plugin.upgrade_error && plugin.state === "running") ? "warn" : "bad");
 
   const dot = card.querySelector(".dot");
   setAttr(dot, "data-health", tone);
@@ -229,5 +270,5 @@ function updateCard(card, plugin) {
   input.disabled = failedToLoad || busy;
   setAttr(input, "aria-label", `${plugin.enabled ? "Disable" : "Enable"} ${pluginName(plugin)}`);
   card.querySelector("[data-action=logs]").hidden = failedToLoad;
-  card.querySelector("[data-action=open]").hidden = !plugin.enabled || failedToLoad;
+  card.querySelector("[data-action=open]").hidden = !plugin.enabled || failedToLoad || plugin.state === "missing";
 }

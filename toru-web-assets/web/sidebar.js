@@ -52,7 +52,7 @@ export function setActive(route) {
 }
 
 function renderPlugins(section, list) {
-  const enabled = getPlugins().filter((p) => p.enabled && !p.load_error);
+  const enabled = getPlugins().filter((p) => p.enabled && !p.load_error && p.state !== "missing");
   section.hidden = enabled.length === 0;
   const existing = new Map([...list.children].map((node) => [node.dataset.pluginId, node]));
   const ordered = enabled.map((plugin) => {

@@ -54,6 +54,11 @@ function notify() {
   }
 }
 
+/** Replaces the whole list (e.g. with the answer to a rescan). */
+export function replaceAll(list) {
+  if (Array.isArray(list)) set(list);
+}
+
 /** Replaces one plugin's entry (e.g. with the answer to enable or disable). */
 export function update(info) {
   if (!info?.id) return;
@@ -101,6 +106,11 @@ const HINTS = {
   started: { state: "running" },
   restarted: { state: "running" },
   unhealthy: { state: "unhealthy" },
+  recovered: { state: "running" },
+  out_of_resources: { state: "out_of_resources", pid: null },
+  upgrading: { state: "upgrading" },
+  upgraded: { state: "running" },
+  removed: { state: "missing", pid: null },
 };
 
 function applyHint(event) {
@@ -112,6 +122,7 @@ function applyHint(event) {
     if (event.exit) next.last_exit = event.exit;
     if (event.reason) next.last_error = event.reason;
   }
+  if (event.kind === "upgrade_failed" && event.reason) next.upgrade_error = event.reason;
   update(next);
 }
 

@@ -32,8 +32,10 @@ async fn main() -> anyhow::Result<()> {
         .context("starting the plugin host")?;
     println!("instance {}", host.instance_id());
 
-    // Subscribe first, then look: no start is missed between the two.
+    // Subscribe first, then look: no start is missed between the two. The host scans its
+    // folder in the background; wait until every file there is listed.
     let mut events = host.subscribe();
+    host.discovered().await;
     while let Some(waiting) = host
         .list()
         .into_iter()

@@ -6,6 +6,10 @@
 //!
 //! Files it writes for the test go to `$TORU_TEST_DIR` (the script sets it to the plugins
 //! folder), since a `--metadata` run has no other way to tell where that is.
+//! The script may set `TORU_TEST_VERSION` (the version its metadata declares and its answers
+//! carry), `TORU_TEST_GATE` (a file `--metadata` waits for, in mode `metadata-gate`) and
+//! `TORU_TEST_MARKER` (a file whose absence makes `--metadata` hang once, in mode
+//! `metadata-slow-once`).
 
 use std::time::Duration;
 
@@ -18,11 +22,15 @@ use toru_plugin_api::protocol::{
 };
 use toru_plugin_api::{FrameCodec, Message};
 
+fn version() -> String {
+    std::env::var("TORU_TEST_VERSION").unwrap_or_else(|_| "0.0.1".into())
+}
+
 fn metadata(mode: &str, id: &str) -> Option<String> {
     let meta = PluginMetadata {
         id: id.into(),
         name: format!("Test {mode}"),
-        version: "0.0.1".into(),
+        version: version(),
         author: "toru tests".into(),
         description: format!("misbehaves: {mode}"),
         icon: "🧪".into(),
@@ -44,6 +52,24 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
         "metadata-hangs" => loop {
             std::thread::park();
         },
+        "metadata-gate" => {
+            // Waits until the test opens the gate (a test plugin may poll; a test may not).
+            let gate = std::env::var("TORU_TEST_GATE").expect("TORU_TEST_GATE");
+            while !std::path::Path::new(&gate).exists() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Some(serde_json::to_string(&meta).expect("metadata serialises"))
+        }
+        "metadata-slow-once" => {
+            let marker = std::env::var("TORU_TEST_MARKER").expect("TORU_TEST_MARKER");
+            if std::fs::metadata(&marker).is_err() {
+                std::fs::write(&marker, b"").expect("marker");
+                loop {
+                    std::thread::park();
+                }
+            }
+            Some(serde_json::to_string(&meta).expect("metadata serialises"))
+        }
         _ => Some(serde_json::to_string(&meta).expect("metadata serialises")),
     }
 }
@@ -191,6 +217,23 @@ async fn main() {
                     eprintln!("ERROR license key missing");
                     std::process::exit(78);
                 }
+                "garbage-after-ready" => {
+                    let ready = Message::new(
+                        id_,
+                        Payload::Ready(Ready {
+                            protocol_version: 1,
+                        }),
+                    );
+                    framed.send(ready.into_owned()).await.expect("send");
+                    // Right after `ready`, a frame that is not a message; then, when the host
+                    // closes the socket, a clean exit (code 0).
+                    framed
+                        .get_mut()
+                        .write_all(&[0, 0, 0, 5, b'n', b'o', b'p', b'e', b'!'])
+                        .await
+                        .expect("write");
+                    continue;
+                }
                 _ => Message::new(
                     id_,
                     Payload::Ready(Ready {
@@ -261,8 +304,12 @@ async fn main() {
                         continue;
                     }
                     _ => {
-                        let body =
-                            serde_json::json!({"path": req.path, "served": served}).to_string();
+                        let body = serde_json::json!({
+                            "path": req.path,
+                            "served": served,
+                            "version": version(),
+                        })
+                        .to_string();
                         Message::new(
                             id_,
                             Payload::HttpResponse(HttpResponse {

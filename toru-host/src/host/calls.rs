@@ -5,7 +5,7 @@ use std::time::Duration;
 use toru_plugin_api::protocol::{Payload, error_code, now_millis};
 
 use crate::builder::PluginHostBuilder;
-use crate::connection::{CallFailure, Connection, Reply};
+use crate::connection::{CallFailure, Leased, Reply};
 use crate::error::CallError;
 use crate::request::{PluginRequest, PluginResponse};
 use crate::state::PluginState;
@@ -90,8 +90,9 @@ impl PluginHost {
         }
     }
 
-    /// The connection to a plugin that serves requests now.
-    fn connection(&self, id: &str) -> Result<Connection, CallError> {
+    /// The connection to a plugin that serves requests now, held for one call (an upgrade's old
+    /// version finishes it before it stops).
+    fn connection(&self, id: &str) -> Result<Leased, CallError> {
         let reg = self.shared.registry();
         if reg.shutting_down {
             return Err(CallError::ShuttingDown);
@@ -104,7 +105,7 @@ impl PluginHost {
             return Err(CallError::Disabled(id.to_owned()));
         }
         match (&entry.conn, entry.state.serves()) {
-            (Some(conn), true) => Ok(conn.clone()),
+            (Some(conn), true) => Ok(conn.lease()),
             _ => Err(CallError::NotRunning {
                 id: id.to_owned(),
                 retry_after: retry_after(&entry.state, &self.shared.settings),
@@ -135,10 +136,13 @@ impl PluginHost {
 /// When a plugin that is not serving is worth trying again.
 fn retry_after(state: &PluginState, settings: &PluginHostBuilder) -> Option<Duration> {
     match state {
-        PluginState::BackingOff { next_attempt_ms } => Some(Duration::from_millis(
+        PluginState::BackingOff { next_attempt_ms }
+        | PluginState::OutOfResources {
+            next_attempt_ms, ..
+        } => Some(Duration::from_millis(
             next_attempt_ms.saturating_sub(now_millis()).max(1000),
         )),
-        PluginState::Starting | PluginState::Stopping => {
+        PluginState::Starting | PluginState::Stopping | PluginState::Upgrading { .. } => {
             Some(settings.start_timeout.min(Duration::from_secs(5)))
         }
         _ => None,

@@ -31,19 +31,7 @@ impl PluginHost {
         id: &str,
         limits: LimitOverrides,
     ) -> Result<PluginInfo, ManageError> {
-        {
-            let reg = self.shared.registry();
-            let entry = reg
-                .plugins
-                .get(id)
-                .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
-            if let Err(reason) = &entry.found.result {
-                return Err(ManageError::NotLoadable {
-                    id: id.to_owned(),
-                    reason: reason.clone(),
-                });
-            }
-        }
+        self.loadable(id)?;
         self.shared.config().set_limits(id, limits)?;
         tracing::info!(plugin.id = %id, limits = ?limits, "plugin limits set");
         self.restart(id).await

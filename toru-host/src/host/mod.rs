@@ -1,8 +1,10 @@
 //! [`PluginHost`]: the cloneable handle an application (or `toru-server`) uses.
 
 mod calls;
+mod changes;
 mod limits;
 mod manage;
+mod rescan;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,13 +18,15 @@ use toru_plugin_api::protocol::now_millis;
 use uuid::Uuid;
 
 pub use crate::state::{PluginInfo, PluginState};
+pub use rescan::ScanReport;
+pub(crate) use rescan::ScanState;
 
 use crate::builder::{PluginHostBuilder, create_dir};
 use crate::config::Config;
 use crate::error::{ManageError, StartError};
 use crate::events::{EventQuery, PluginEvent};
 use crate::logs::{LogError, LogPage, LogQuery, PluginLogs};
-use crate::shared::{Shared, stop_runner};
+use crate::shared::Shared;
 use crate::state::Registry;
 use crate::store::{PluginKv, Store, StoreError};
 use manage::has_license_key;
@@ -52,6 +56,11 @@ impl PluginHost {
 
     pub(crate) async fn start(mut settings: PluginHostBuilder) -> Result<PluginHost, StartError> {
         create_dir(&settings.plugin_dir)?;
+        // The folder must be readable; its files are loaded in the background.
+        crate::discovery::list(&settings.plugin_dir).map_err(|source| StartError::Dir {
+            path: settings.plugin_dir.clone(),
+            source,
+        })?;
         // Plugins run with their folder as working directory, so a relative path would no
         // longer name their file.
         settings.plugin_dir =
@@ -98,7 +107,10 @@ impl PluginHost {
             registry: Mutex::new(Registry::default()),
             config: Mutex::new(config),
             events: broadcast::channel(1024).0,
-            manage: tokio::sync::Mutex::new(()),
+            launch: tokio::sync::Semaphore::new(settings.launch_concurrency.max(1)),
+            next_socket: std::sync::atomic::AtomicU64::new(1),
+            scan: tokio::sync::Mutex::new(ScanState::default()),
+            discovered: tokio::sync::watch::channel(false).0,
             tasks: TaskTracker::new(),
             reaper,
             containers,
@@ -113,10 +125,7 @@ impl PluginHost {
             log_dir = %host.shared.log_dir.display(),
             "plugin host starting"
         );
-        host.rescan().await.map_err(|e| match e {
-            ManageError::Scan { dir, source } => StartError::Dir { path: dir, source },
-            other => unreachable!("rescan at start fails only to scan: {other}"),
-        })?;
+        host.spawn_scanner();
         Ok(host)
     }
 
@@ -155,7 +164,8 @@ impl PluginHost {
         &self.shared.log_dir
     }
 
-    /// Every plugin found, loaded or not, in id order.
+    /// Every plugin found, loaded or not, in id order (missing ones included). Right after
+    /// start, only those found so far: see [`discovered`](Self::discovered).
     pub fn list(&self) -> Vec<PluginInfo> {
         let now = now_millis();
         let mut infos: Vec<PluginInfo> = self
@@ -227,20 +237,22 @@ impl PluginHost {
     /// Stops every plugin (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits
     /// for the host's tasks, and closes the database. Calls after the first return at once.
     pub async fn shutdown(&self) {
-        let runners: Vec<_> = {
+        let running: Vec<String> = {
             let mut reg = self.shared.registry();
             if reg.shutting_down {
                 Vec::new()
             } else {
                 reg.shutting_down = true;
                 reg.plugins
-                    .values_mut()
-                    .filter_map(|e| e.runner.take())
+                    .iter()
+                    .filter(|(_, e)| e.runner.is_some())
+                    .map(|(id, _)| id.clone())
                     .collect()
             }
         };
-        futures_util::future::join_all(runners.into_iter().map(stop_runner)).await;
+        // The scanner and old versions still draining stop first; then every plugin.
         self.shared.shutdown.cancel();
+        futures_util::future::join_all(running.iter().map(|id| self.shared.stop_runner(id))).await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
         self.shared.containers.close();

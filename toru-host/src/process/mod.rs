@@ -98,6 +98,7 @@ pub(crate) fn spawn(
     let exec_error = |e: std::io::Error| SpawnError::Exec {
         file: file.to_owned(),
         reason: e.to_string(),
+        errno: e.raw_os_error(),
     };
     container.prepare(&mut cmd).map_err(exec_error)?;
     let mut child = cmd.spawn().map_err(exec_error)?;

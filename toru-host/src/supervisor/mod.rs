@@ -1,480 +1,460 @@
-//! Supervision: one task per enabled plugin that starts it, watches it, and restarts it with
-//! backoff when it crashes.
+//! Supervision: one task per enabled plugin that starts it, watches it, restarts it with
+//! backoff when it crashes, retries a start that failed for lack of resources, and upgrades it
+//! without downtime when its file is replaced. It never writes a plugin's state itself: every
+//! change goes through [`Shared::transition`], which checks it against the state machine
+//! (`state/machine.rs`, drawn in `docs/architecture.md`) and emits its events.
 //!
-//! ```text
-//!             enable                 ready
-//! Disabled ───────────▶ Starting ───────────▶ Running ◀──────┐ pong
-//!    ▲                    ▲  │                 │  │          │
-//!    │ 10 crashes         │  │ exit 78,        │  └──▶ Unhealthy ── 3 missed ──┐
-//!    │ in a row           │  │ incompatible    │ exit, broken protocol         │
-//!    │                    │  ▼                 ▼                               ▼
-//!    └──────────── BackingOff ◀────────── (crashed) ◀─────────────────────────┘
-//!                 1,2,4,8,16 s           Failed (no restart) ◀── exit 78
-//! ```
+//! Operators reach the task through its [`Runner`]: a stop token, and commands (an upgrade)
+//! answered on oneshots.
 
+mod health;
+mod instance;
 mod policy;
+mod reason;
 mod start;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use toru_plugin_api::protocol::{EXIT_CONFIG, Message, Payload};
+use toru_plugin_api::protocol::{EXIT_CONFIG, now_millis};
 use tracing::Instrument;
 
 pub use policy::{HealthPolicy, RestartPolicy};
 
-use crate::connection::{CallFailure, Connection, Reply};
-use crate::contain::limits::{LimitHit, LimitKind};
-use crate::events::{EventKind, ExitStatus, PluginEvent};
-use crate::process::{self, kill_group};
+use crate::discovery::Found;
+use crate::events::ExitStatus;
 use crate::shared::Shared;
 use crate::state::PluginState;
+use crate::state::machine::{AfterCrash, Change, Ended};
+use instance::{Instance, Next, StartEnd};
+use reason::EndReason;
 pub(crate) use start::HOST_VERSIONS;
-use start::StartFailure;
 
-/// How one run of a plugin process ended.
-enum Outcome {
-    /// The host asked it to stop.
-    Stopped,
-    /// It must not be restarted.
-    Failed {
-        reason: String,
-        exit: Option<ExitStatus>,
-        tail: Vec<String>,
-    },
-    /// It crashed and may be restarted.
-    Crashed {
-        reason: String,
-        exit: Option<ExitStatus>,
-        tail: Vec<String>,
-        ran_for: Duration,
-        /// The limit it exceeded, if that is why.
-        limit: Option<LimitKind>,
-    },
+/// A running supervisor task for one plugin.
+pub(crate) struct Runner {
+    pub(crate) stop: CancellationToken,
+    pub(crate) commands: mpsc::Sender<Command>,
+    done: watch::Receiver<bool>,
 }
 
-/// Supervises plugin `id` until it is stopped, disabled or fails.
-pub(crate) async fn run(shared: Arc<Shared>, id: String, file: PathBuf, stop: CancellationToken) {
-    let span = tracing::info_span!("plugin", plugin.id = %id, pid = tracing::field::Empty);
-    supervise(&shared, &id, &file, &stop).instrument(span).await;
-}
+impl Runner {
+    /// Whether the task has ended (it failed, was disabled after too many crashes, or stopped).
+    pub(crate) fn finished(&self) -> bool {
+        *self.done.borrow()
+    }
 
-async fn supervise(shared: &Arc<Shared>, id: &str, file: &Path, stop: &CancellationToken) {
-    let policy = shared.settings.restart_policy;
-    let mut after_crash = false;
-    loop {
-        shared.update(id, |e| e.state = PluginState::Starting);
-        match run_once(shared, id, file, stop, after_crash).await {
-            Outcome::Stopped => return,
-            Outcome::Failed { reason, exit, tail } => {
-                shared.update(id, |e| {
-                    e.state = PluginState::Failed {
-                        reason: reason.clone(),
-                    };
-                    e.last_exit = exit.or(e.last_exit);
-                    e.last_error = Some(reason.clone());
-                });
-                let mut event = PluginEvent::new(id, EventKind::Failed).with_reason(reason);
-                event.exit = exit;
-                event.stderr_tail = tail;
-                shared.emit(event).await;
-                return;
-            }
-            Outcome::Crashed {
-                reason,
-                exit,
-                tail,
-                ran_for,
-                limit,
-            } => {
-                let count = shared
-                    .update(id, |e| {
-                        e.consecutive_crashes =
-                            policy.count_after_crash(e.consecutive_crashes, ran_for);
-                        e.last_exit = exit.or(e.last_exit);
-                        e.last_error = Some(reason.clone());
-                        e.consecutive_crashes
-                    })
-                    .unwrap_or(1);
-                let mut event = PluginEvent::new(id, EventKind::Crashed).with_reason(reason);
-                event.exit = exit;
-                event.stderr_tail = tail;
-                event.limit = limit;
-                shared.emit(event).await;
-                let Some(delay) = policy.delay(count) else {
-                    disable_unstable(shared, id, count).await;
-                    return;
-                };
-                let next = toru_plugin_api::protocol::now_millis() + delay.as_millis() as u64;
-                shared.update(id, |e| {
-                    e.state = PluginState::BackingOff {
-                        next_attempt_ms: next,
-                    };
-                    e.restarts += 1;
-                });
-                let mut event = PluginEvent::new(id, EventKind::Restarting)
-                    .with_reason(format!("crash {count} in a row"));
-                event.delay_ms = Some(delay.as_millis() as u64);
-                shared.emit(event).await;
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.cancelled() => return,
-                }
-                after_crash = true;
-            }
-        }
+    /// Stops the task and waits until it has ended (its process stopped and reaped).
+    pub(crate) async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = self.done.wait_for(|d| *d).await;
     }
 }
 
-/// Disables a plugin that crashed too often: persisted, recorded, and logged as an error.
-async fn disable_unstable(shared: &Arc<Shared>, id: &str, count: u32) {
-    let reason = format!("crashed {count} times in a row; enable it again once it is fixed");
-    if let Err(e) = shared.config().set_enabled(id, false) {
-        tracing::error!(plugin.id = %id, error = %e, "cannot persist that the plugin is disabled");
-    }
-    shared.update(id, |e| {
-        e.enabled = false;
-        e.state = PluginState::Disabled;
-        e.last_error = Some(reason.clone());
-    });
-    shared
-        .emit(PluginEvent::new(id, EventKind::Disabled).with_reason(reason))
-        .await;
+/// What an operator (or the folder) asks of a running supervisor.
+pub(crate) enum Command {
+    /// The plugin's file was replaced by `found` (loaded, same id): run the new version.
+    Upgrade {
+        found: Box<Found>,
+        reply: oneshot::Sender<Upgrade>,
+    },
 }
 
-/// Starts the process once and watches it until it ends.
-async fn run_once(
-    shared: &Arc<Shared>,
-    id: &str,
-    file: &Path,
-    stop: &CancellationToken,
-    after_crash: bool,
-) -> Outcome {
-    let socket = shared.socket_dir.join(format!("{id}.sock"));
-    let container = match shared.containers.create(id, &shared.limits_for(id)) {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome::Crashed {
-                reason: format!("cannot contain the plugin: {e}"),
-                exit: None,
-                tail: Vec::new(),
-                ran_for: Duration::ZERO,
-                limit: None,
-            };
-        }
-    };
-    let spawned = match process::spawn(file, id, &socket, &container) {
-        Ok(s) => s,
-        Err(e @ crate::error::SpawnError::SocketPathTooLong { .. }) => {
-            container.dispose().await;
-            return Outcome::Failed {
-                reason: e.to_string(),
-                exit: None,
-                tail: Vec::new(),
-            };
-        }
-        Err(e) => {
-            container.dispose().await;
-            return Outcome::Crashed {
-                reason: e.to_string(),
-                exit: None,
-                tail: Vec::new(),
-                ran_for: Duration::ZERO,
-                limit: None,
-            };
-        }
-    };
-    let process::Spawned {
-        mut child,
-        pid,
-        stdout,
-        stderr,
-    } = spawned;
-    tracing::Span::current().record("pid", pid);
-    shared.reaper.add(pid);
-    shared.update(id, |e| {
-        e.pid = Some(pid);
-        e.contained = Some((container.kind(), container.enforcement()));
-    });
-    let capture = shared.logs.capture(id, stdout, stderr);
-    shared.logs.supervisor(
-        toru_plugin_api::protocol::Level::Info,
-        id,
-        "spawn",
-        &format!(
-            "started process {pid} from {} (containment: {})",
-            file.display(),
-            container.describe()
-        ),
-    );
+/// How an upgrade went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Upgrade {
+    /// The new version serves; the old one finishes its requests, then stops.
+    Upgraded,
+    /// The new version did not start; the old one serves on. The reason, in words.
+    Failed(String),
+    /// The plugin was not running (backing off, out of resources): it starts from the new file.
+    Adopted,
+    /// The old version ended while the new one was starting: the plugin restarts from the new
+    /// file as after a crash.
+    Interrupted,
+}
 
-    let started = start::handshake(shared, id, &socket, &mut child, stop).await;
-    let (conn, version) = match started {
-        Ok(ok) => ok,
-        Err(failure) => {
-            let exit = match &failure {
-                StartFailure::Exited(status) => {
-                    kill_group(Some(pid), rustix::process::Signal::KILL);
-                    *status
-                }
-                // A plugin that refused to start exits by itself; give it the chance.
-                f if f.is_final() => {
-                    let grace = shared.settings.stop_grace.min(Duration::from_secs(2));
-                    process::stop(&mut child, pid, grace, &container).await
-                }
-                _ => process::stop(&mut child, pid, Duration::ZERO, &container).await,
-            };
-            // What it left behind goes first: it may hold the output pipes open.
-            container.kill_all();
-            let tail = finish_capture(capture).await;
-            let hit = container.explain(Some(exit), &tail);
-            container.dispose().await;
-            end_process(shared, id, pid, &socket);
-            return match failure {
-                StartFailure::Stopped => {
-                    stopped_event(shared, id, exit).await;
-                    Outcome::Stopped
-                }
-                failure => classify(
-                    failure.to_string(),
-                    failure.is_final(),
-                    exit,
-                    tail,
-                    Duration::ZERO,
-                    hit,
-                ),
-            };
-        }
-    };
-
-    let ready_at = Instant::now();
-    shared.update(id, |e| {
-        e.state = PluginState::Running;
-        e.conn = Some(conn.clone());
-        e.started_at_ms = Some(toru_plugin_api::protocol::now_millis());
-        e.protocol_version = Some(version);
-    });
-    shared.emit(PluginEvent::new(id, EventKind::Started)).await;
-    if after_crash {
-        shared
-            .emit(PluginEvent::new(id, EventKind::Restarted))
+/// Starts the supervisor task of plugin `id`, first starting it from `found`.
+pub(crate) fn spawn(shared: &Arc<Shared>, id: &str, found: Found) -> Runner {
+    let stop = CancellationToken::new();
+    let (commands, rx) = mpsc::channel(8);
+    let (done_tx, done) = watch::channel(false);
+    let span = tracing::info_span!("plugin", plugin.id = %id);
+    let task_shared = Arc::clone(shared);
+    let task_stop = stop.clone();
+    let id = id.to_owned();
+    shared.tasks.spawn(
+        async move {
+            Supervisor {
+                shared: task_shared,
+                id,
+                found,
+                commands: rx,
+                stop: task_stop,
+                adopted: None,
+            }
+            .run()
             .await;
+            let _ = done_tx.send(true);
+        }
+        .instrument(span),
+    );
+    Runner {
+        stop,
+        commands,
+        done,
     }
-
-    enum End {
-        Stop,
-        Exited(std::process::ExitStatus),
-        Broken(String),
-        Hung(String),
-        Limit(LimitHit),
-    }
-    let end = tokio::select! {
-        _ = stop.cancelled() => End::Stop,
-        status = process::wait_reaped(&mut child) => End::Exited(status),
-        reason = conn.closed() => End::Broken(reason),
-        reason = watch_health(shared, id, &conn) => End::Hung(reason),
-        hit = container.limit_exceeded() => End::Limit(hit),
-    };
-    // No new request may reach this process from here on.
-    shared.update(id, |e| {
-        e.conn = None;
-        e.started_at_ms = None;
-        e.state = PluginState::Stopping;
-    });
-    let ran_for = ready_at.elapsed();
-    let mut hit = None;
-    let (reason, exit) = match end {
-        End::Stop => {
-            let _ = conn.send(&Message::new(None, Payload::Shutdown)).await;
-            let exit = process::stop(&mut child, pid, shared.settings.stop_grace, &container).await;
-            conn.close("the host stopped the plugin");
-            container.kill_all();
-            finish_capture(capture).await;
-            container.dispose().await;
-            end_process(shared, id, pid, &socket);
-            shared.logs.supervisor(
-                toru_plugin_api::protocol::Level::Info,
-                id,
-                "kill",
-                &format!("stopped process {pid} ({exit})"),
-            );
-            stopped_event(shared, id, exit).await;
-            return Outcome::Stopped;
-        }
-        End::Exited(status) => {
-            conn.close("the plugin process exited");
-            kill_group(Some(pid), rustix::process::Signal::KILL);
-            let exit = ExitStatus::from(status);
-            (format!("plugin exited unexpectedly with {exit}"), exit)
-        }
-        End::Broken(reason) => {
-            // The process may be on its way out by itself (killed, crashed, exited): then its
-            // exit says more than a closed socket does.
-            let grace = shared.settings.stop_grace.min(Duration::from_secs(2));
-            match tokio::time::timeout(grace, process::wait_reaped(&mut child)).await {
-                Ok(status) => {
-                    kill_group(Some(pid), rustix::process::Signal::KILL);
-                    let exit = ExitStatus::from(status);
-                    let reason = if reason == crate::connection::CLOSED_BY_PLUGIN {
-                        format!("plugin exited unexpectedly with {exit}")
-                    } else {
-                        reason
-                    };
-                    (reason, exit)
-                }
-                Err(_) => (
-                    reason,
-                    process::stop(&mut child, pid, Duration::ZERO, &container).await,
-                ),
-            }
-        }
-        End::Hung(reason) => {
-            conn.close(reason.clone());
-            kill_group(Some(pid), rustix::process::Signal::KILL);
-            let exit = ExitStatus::from(process::wait_reaped(&mut child).await);
-            shared.logs.supervisor(
-                toru_plugin_api::protocol::Level::Warn,
-                id,
-                "kill",
-                &format!("killed process {pid}: {reason}"),
-            );
-            (reason, exit)
-        }
-        End::Limit(limit) => {
-            let reason = limit.to_string();
-            conn.close(reason.clone());
-            container.kill_all();
-            let exit = ExitStatus::from(process::wait_reaped(&mut child).await);
-            shared.logs.supervisor(
-                toru_plugin_api::protocol::Level::Warn,
-                id,
-                "kill",
-                &format!("killed process {pid}: {reason}"),
-            );
-            hit = Some(limit);
-            (reason, exit)
-        }
-    };
-    container.kill_all();
-    let tail = finish_capture(capture).await;
-    let hit = hit.or_else(|| container.explain(Some(exit), &tail));
-    container.dispose().await;
-    end_process(shared, id, pid, &socket);
-    classify(reason, false, exit, tail, ran_for, hit)
 }
 
-/// Turns a process's end into an outcome: exit code 78 and final start failures are not
-/// restarted; a limit the plugin exceeded is the reason for its crash.
-fn classify(
-    reason: String,
-    is_final: bool,
-    exit: ExitStatus,
+struct Supervisor {
+    shared: Arc<Shared>,
+    id: String,
+    /// The file (and metadata) the next start runs.
+    found: Found,
+    commands: mpsc::Receiver<Command>,
+    stop: CancellationToken,
+    /// A replaced file taken while its upgrade was cut short: shown with the end of the run.
+    adopted: Option<Found>,
+}
+
+/// How a run of the process ended, when it was not asked to.
+struct Run {
+    reason: EndReason,
+    exit: Option<ExitStatus>,
     tail: Vec<String>,
     ran_for: Duration,
-    hit: Option<LimitHit>,
-) -> Outcome {
-    if let Some(hit) = hit {
-        return Outcome::Crashed {
-            reason: hit.to_string(),
-            exit: Some(exit),
-            tail,
-            ran_for,
-            limit: Some(hit.kind),
-        };
-    }
-    if exit == ExitStatus::Code(EXIT_CONFIG) && !is_final {
-        let last = tail.last().map(|l| format!(": {l}")).unwrap_or_default();
-        return Outcome::Failed {
-            reason: format!("plugin refused its configuration (exit code 78){last}"),
-            exit: Some(exit),
-            tail,
-        };
-    }
-    if is_final {
-        return Outcome::Failed {
-            reason,
-            exit: Some(exit),
-            tail,
-        };
-    }
-    Outcome::Crashed {
-        reason,
-        exit: Some(exit),
-        tail,
-        ran_for,
-        limit: None,
-    }
 }
 
-async fn stopped_event(shared: &Arc<Shared>, id: &str, exit: ExitStatus) {
-    shared.update(id, |e| {
-        e.last_exit = Some(exit);
-        e.pid = None;
-        if !matches!(e.state, PluginState::Failed { .. }) {
-            e.state = if e.enabled {
-                PluginState::Stopping
-            } else {
-                PluginState::Disabled
+impl Supervisor {
+    async fn run(mut self) {
+        let policy = self.shared.settings.restart_policy;
+        let mut after_crash = false;
+        let mut resource_failures = 0;
+        loop {
+            let file = self.found.file.clone();
+            let run = match instance::start(&self.shared, &self.id, &file, &self.stop).await {
+                Ok(instance) => {
+                    resource_failures = 0;
+                    match self.serve(instance, after_crash).await {
+                        Some(run) => run,
+                        None => return,
+                    }
+                }
+                Err(StartEnd::Stopped(exit)) => {
+                    if let Some(exit) = exit {
+                        self.change(Change::Stopped { exit }).await;
+                    }
+                    return;
+                }
+                Err(StartEnd::NoResources(reason)) => {
+                    resource_failures += 1;
+                    let delay = policy.resource_delay(resource_failures);
+                    let change = Change::OutOfResources {
+                        reason,
+                        delay,
+                        next_attempt_ms: now_millis() + delay.as_millis() as u64,
+                    };
+                    if !matches!(
+                        self.change(change).await,
+                        Some(PluginState::OutOfResources { .. })
+                    ) || !self.wait(delay).await
+                        || self.change(Change::Retry).await != Some(PluginState::Starting)
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                Err(StartEnd::Failed { reason, exit, tail }) => Run {
+                    reason,
+                    exit,
+                    tail,
+                    ran_for: Duration::ZERO,
+                },
             };
+            let Some(delay) = self.ended(run).await else {
+                return;
+            };
+            if !self.wait(delay).await
+                || self.change(Change::Retry).await != Some(PluginState::Starting)
+            {
+                return;
+            }
+            after_crash = true;
         }
-    });
-    let mut event = PluginEvent::new(id, EventKind::Stopped);
-    event.exit = Some(exit);
-    shared.emit(event).await;
-}
+    }
 
-/// Clears what a process left behind (its group already killed): its pid, its socket file,
-/// and its entry with the reaper.
-fn end_process(shared: &Arc<Shared>, id: &str, pid: u32, socket: &std::path::Path) {
-    shared.reaper.remove(pid);
-    shared.update(id, |e| e.pid = None);
-    let _ = std::fs::remove_file(socket);
-}
+    /// Applies a change to the plugin's state; `None` when it was refused.
+    async fn change(&self, change: Change) -> Option<PluginState> {
+        self.shared.transition(&self.id, change, |_| {}).await
+    }
 
-/// Waits for the log capture to drain (bounded: a grandchild could hold a pipe open).
-async fn finish_capture(capture: crate::logs::Capture) -> Vec<String> {
-    let tail = capture.tail();
-    tokio::time::timeout(Duration::from_secs(2), capture.finished())
-        .await
-        .unwrap_or(tail)
-}
-
-/// Pings the plugin; returns once it has missed too many pings in a row.
-async fn watch_health(shared: &Arc<Shared>, id: &str, conn: &Connection) -> String {
-    let policy = shared.settings.health_policy;
-    let mut missed = 0;
-    loop {
-        tokio::time::sleep(policy.interval).await;
-        match conn.call(Payload::Ping, policy.timeout).await {
-            Ok(Reply::Pong) => {
-                if missed > 0 {
-                    shared.update(id, |e| {
-                        if e.state == PluginState::Unhealthy {
-                            e.state = PluginState::Running;
-                        }
+    /// Serves from a started instance until it ends (`Some`) or is stopped (`None`).
+    async fn serve(&mut self, mut current: Instance, after_crash: bool) -> Option<Run> {
+        let ready = Change::Ready {
+            restarted: after_crash,
+        };
+        let (conn, pid, version) = (current.conn.clone(), current.pid, current.version);
+        let contained = current.contained();
+        let state = self
+            .shared
+            .transition(&self.id, ready, |e| {
+                e.conn = Some(conn);
+                e.pid = Some(pid);
+                e.protocol_version = Some(version);
+                e.contained = Some(contained);
+            })
+            .await;
+        if state != Some(PluginState::Running) {
+            // A stop won the race with `ready`.
+            let exit = current.stop(&self.shared, &self.id).await;
+            self.change(Change::Stopped { exit }).await;
+            return None;
+        }
+        loop {
+            let next = current
+                .next(&self.shared, &self.id, &self.stop, Some(&mut self.commands))
+                .await;
+            match next {
+                Next::Stop => {
+                    let exit = current.stop(&self.shared, &self.id).await;
+                    self.change(Change::Stopped { exit }).await;
+                    return None;
+                }
+                Next::Ended { reason, exit } => {
+                    let ran_for = current.ready_at.elapsed();
+                    let (tail, hit) = current.finish(&self.shared, Some(exit)).await;
+                    return Some(Run {
+                        reason: reason.or_limit(hit),
+                        exit: Some(exit),
+                        tail,
+                        ran_for,
                     });
                 }
-                missed = 0;
-            }
-            // The connection's own end is reported by `closed()`.
-            Err(CallFailure::Closed) => std::future::pending::<()>().await,
-            _ => {
-                missed += 1;
-                if missed == 1 {
-                    shared.update(id, |e| e.state = PluginState::Unhealthy);
-                    shared
-                        .emit(
-                            PluginEvent::new(id, EventKind::Unhealthy)
-                                .with_reason("missed a health ping"),
-                        )
-                        .await;
+                Next::Command(Command::Upgrade { found, reply })
+                    if found.hash == self.found.hash =>
+                {
+                    // Asked twice for the same file: it runs already.
+                    let _ = reply.send(Upgrade::Upgraded);
                 }
-                if missed >= policy.max_missed {
-                    return format!("plugin missed {missed} health pings in a row");
+                Next::Command(Command::Upgrade { found, reply }) => {
+                    match self.upgrade(&mut current, *found).await {
+                        Ok(outcome) => {
+                            let _ = reply.send(outcome);
+                        }
+                        Err(next) => {
+                            let _ = reply.send(Upgrade::Interrupted);
+                            // The old version ended, or a stop came, during the upgrade.
+                            match next {
+                                Next::Ended { reason, exit } => {
+                                    let ran_for = current.ready_at.elapsed();
+                                    let (tail, hit) =
+                                        current.finish(&self.shared, Some(exit)).await;
+                                    return Some(Run {
+                                        reason: reason.or_limit(hit),
+                                        exit: Some(exit),
+                                        tail,
+                                        ran_for,
+                                    });
+                                }
+                                _ => {
+                                    let exit = current.stop(&self.shared, &self.id).await;
+                                    self.change(Change::Stopped { exit }).await;
+                                    return None;
+                                }
+                            }
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Starts `found` beside `current` and, once it is ready, moves the traffic to it and
+    /// retires `current`. `Err` when `current` ended (or a stop came) meanwhile: then the new
+    /// file is adopted for the restart that follows.
+    async fn upgrade(&mut self, current: &mut Instance, found: Found) -> Result<Upgrade, Next> {
+        let (from, to) = (self.found.version(), found.version());
+        let begun = Change::UpgradeStarted {
+            from: from.clone(),
+            to: to.clone(),
+        };
+        if !matches!(
+            self.change(begun).await,
+            Some(PluginState::Upgrading { .. })
+        ) {
+            return Ok(Upgrade::Failed("the plugin is not running".into()));
+        }
+        let attempt = self.stop.child_token();
+        let file = found.file.clone();
+        let (shared, id) = (Arc::clone(&self.shared), self.id.clone());
+        let start = instance::start(&shared, &id, &file, &attempt);
+        tokio::pin!(start);
+        let started = tokio::select! {
+            biased;
+            started = &mut start => started,
+            next = current.next(&self.shared, &self.id, &self.stop, None) => {
+                // The running version ended (or a stop came) first: give the new one up.
+                attempt.cancel();
+                if let Ok(new) = (&mut start).await {
+                    new.stop(&shared, &id).await;
+                }
+                if matches!(next, Next::Ended { .. }) {
+                    self.adopt(found);
+                }
+                return Err(next);
+            }
+        };
+        match started {
+            Ok(new) => {
+                let (conn, pid, version) = (new.conn.clone(), new.pid, new.version);
+                let adopted = found.clone();
+                self.shared
+                    .transition(&self.id, Change::Upgraded { from, to }, |e| {
+                        e.conn = Some(conn);
+                        e.pid = Some(pid);
+                        e.protocol_version = Some(version);
+                        e.started_at_ms = Some(now_millis());
+                        e.found = adopted;
+                        e.draining += 1;
+                    })
+                    .await;
+                self.found = found;
+                let old = std::mem::replace(current, new);
+                let (shared, id) = (Arc::clone(&self.shared), self.id.clone());
+                self.shared.tasks.spawn(old.retire(shared, id));
+                Ok(Upgrade::Upgraded)
+            }
+            Err(StartEnd::Stopped(_)) => {
+                let ended = Ended {
+                    reason: "the plugin was stopped during the upgrade".into(),
+                    ..Ended::default()
+                };
+                self.change(Change::UpgradeFailed { ended }).await;
+                Ok(Upgrade::Failed("the plugin was stopped".into()))
+            }
+            Err(StartEnd::NoResources(why)) => {
+                let ended = Ended {
+                    reason: format!("the new version {to} could not be started: {why}"),
+                    ..Ended::default()
+                };
+                let reason = ended.reason.clone();
+                self.change(Change::UpgradeFailed { ended }).await;
+                Ok(Upgrade::Failed(reason))
+            }
+            Err(StartEnd::Failed { reason, exit, tail }) => {
+                let ended = Ended {
+                    reason: format!("the new version {to} did not start: {reason}"),
+                    exit,
+                    tail,
+                    limit: reason.limit(),
+                };
+                let text = ended.reason.clone();
+                let hash = found.hash;
+                self.shared
+                    .transition(&self.id, Change::UpgradeFailed { ended }, |e| {
+                        e.rejected = hash
+                    })
+                    .await;
+                Ok(Upgrade::Failed(text))
+            }
+        }
+    }
+
+    /// Takes `found` as the file the next start runs; its metadata is shown from the change
+    /// that records how the run ended.
+    fn adopt(&mut self, found: Found) {
+        self.adopted = Some(found.clone());
+        self.found = found;
+    }
+
+    /// Applies a change that ends a run, showing a file adopted during it.
+    async fn end_run(&mut self, change: Change) -> Option<PluginState> {
+        let adopted = self.adopted.take();
+        self.shared
+            .transition(&self.id, change, |e| {
+                if let Some(found) = adopted {
+                    e.found = found;
+                    e.upgrade_error = None;
+                    e.rejected = None;
+                }
+            })
+            .await
+    }
+
+    /// Records how a run ended. Returns the delay before the next start, or `None` when there
+    /// is none (the plugin failed, was disabled, or is being stopped).
+    async fn ended(&mut self, run: Run) -> Option<Duration> {
+        let policy = self.shared.settings.restart_policy;
+        let reason = match run.reason {
+            _ if run.exit == Some(ExitStatus::Code(EXIT_CONFIG))
+                && !run.reason.is_final()
+                && run.reason.limit().is_none() =>
+            {
+                EndReason::RefusedConfig {
+                    last_line: run.tail.last().cloned(),
+                }
+            }
+            reason => reason,
+        };
+        let ended = Ended {
+            reason: reason.to_string(),
+            exit: run.exit,
+            tail: run.tail,
+            limit: reason.limit(),
+        };
+        if reason.is_final() {
+            self.end_run(Change::Failed { ended }).await;
+            return None;
+        }
+        let before = self
+            .shared
+            .registry()
+            .plugins
+            .get(&self.id)
+            .map_or(0, |e| e.consecutive_crashes);
+        let count = policy.count_after_crash(before, run.ran_for);
+        let (then, delay) = match policy.delay(count) {
+            Some(delay) => (
+                AfterCrash::Restart {
+                    delay,
+                    next_attempt_ms: now_millis() + delay.as_millis() as u64,
+                    count,
+                },
+                Some(delay),
+            ),
+            None => (AfterCrash::Disable { count }, None),
+        };
+        match self.end_run(Change::Crashed { ended, then }).await {
+            Some(PluginState::BackingOff { .. }) => delay,
+            Some(PluginState::Disabled) => {
+                // Persisted, so that the plugin stays disabled across restarts.
+                if let Err(e) = self.shared.config().set_enabled(&self.id, false) {
+                    tracing::error!(plugin.id = %self.id, error = %e, "cannot persist that the plugin is disabled");
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits `delay` before the next start. `false` when a stop came. A replaced file arriving
+    /// meanwhile is adopted, and the start happens at once.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+            Some(command) = self.commands.recv() => match command {
+                Command::Upgrade { found, reply } => {
+                    let change = Change::Replaced { from: self.found.version(), to: found.version() };
+                    let adopted = (*found).clone();
+                    self.shared.transition(&self.id, change, |e| e.found = adopted).await;
+                    self.found = *found;
+                    let _ = reply.send(Upgrade::Adopted);
+                    true
+                }
+            },
         }
     }
 }

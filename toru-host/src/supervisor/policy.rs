@@ -55,6 +55,24 @@ impl RestartPolicy {
         )
     }
 
+    /// The delay before another start after `failures` starts in a row failed for lack of
+    /// resources: the crash schedule (1, 2, 4, 8, 16, 16 ... s by default), never giving up, since
+    /// such a failure is the machine's, not the plugin's.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use toru_host::RestartPolicy;
+    /// let p = RestartPolicy::default();
+    /// assert_eq!(p.resource_delay(1), Duration::from_secs(1));
+    /// assert_eq!(p.resource_delay(100), Duration::from_secs(16));
+    /// ```
+    pub fn resource_delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.initial_delay
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_delay)
+    }
+
     /// The consecutive-crash count after a crash, given the count before it and how long the
     /// plugin had been running.
     pub fn count_after_crash(&self, before: u32, ran_for: Duration) -> u32 {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{CowStr, Init, Payload, VersionRange, error_code};
 
-use crate::connection::{CallFailure, Connection, Reply, Services};
+use crate::connection::{CallFailure, CloseReason, Connection, Reply, Services};
 use crate::events::ExitStatus;
 use crate::shared::Shared;
 
@@ -18,8 +18,8 @@ use crate::shared::Shared;
 pub(crate) const HOST_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
 
 /// Why a start did not reach `ready`.
-#[derive(Debug)]
-pub(super) enum StartFailure {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartFailure {
     /// The host asked the plugin to stop meanwhile.
     Stopped,
     Exited(ExitStatus),
@@ -27,11 +27,13 @@ pub(super) enum StartFailure {
     Incompatible(String),
     Refused(String),
     Protocol(String),
+    /// Connecting to the plugin's socket failed for lack of resources (open files, memory).
+    NoResources(String),
 }
 
 impl StartFailure {
     /// Whether a restart cannot help.
-    pub(super) fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(
             self,
             StartFailure::Incompatible(_) | StartFailure::Refused(_)
@@ -52,6 +54,9 @@ impl std::fmt::Display for StartFailure {
             StartFailure::Protocol(why) => {
                 write!(f, "plugin broke the protocol during start-up: {why}")
             }
+            StartFailure::NoResources(why) => {
+                write!(f, "cannot connect to the plugin's socket: {why}")
+            }
         }
     }
 }
@@ -67,7 +72,10 @@ pub(super) async fn handshake(
     let timeout = shared.settings.start_timeout;
     let deadline = Instant::now() + timeout;
     let attempt = async {
-        let stream = connect(socket).await;
+        let stream = match connect(socket).await {
+            Ok(stream) => stream,
+            Err(e) => return Err(StartFailure::NoResources(e.to_string())),
+        };
         let services = Services {
             kv: shared.store.kv(id),
             logs: shared.logs.clone(),
@@ -92,13 +100,13 @@ pub(super) async fn handshake(
         });
         let remaining = deadline.saturating_duration_since(Instant::now());
         let reply = conn.call(init, remaining).await;
-        (conn, reply)
+        Ok((conn, reply))
     };
     let (conn, reply) = tokio::select! {
         _ = stop.cancelled() => return Err(StartFailure::Stopped),
         status = crate::process::wait_reaped(child) => return Err(StartFailure::Exited(status.into())),
         _ = tokio::time::sleep_until(deadline) => return Err(StartFailure::Timeout(timeout)),
-        done = attempt => done,
+        done = attempt => done?,
     };
     let failure = match reply {
         Ok(Reply::Ready(ready)) if HOST_VERSIONS.contains(ready.protocol_version) => {
@@ -123,26 +131,35 @@ pub(super) async fn handshake(
             StartFailure::Protocol(format!("init of {len} bytes exceeds the {max}-byte limit"))
         }
         Err(CallFailure::Closed) => {
-            // Closed because the plugin exited (say why) or broke the protocol (say that).
-            let reason = conn.close_reason().unwrap_or_default();
-            let grace = Duration::from_secs(1);
-            match tokio::time::timeout(grace, crate::process::wait_reaped(child)).await {
-                Ok(status) => StartFailure::Exited(status.into()),
-                Err(_) => StartFailure::Protocol(reason),
+            // Closed because the plugin broke the protocol (the cause, however its process
+            // then ends) or because it exited (say how).
+            match conn.close_reason() {
+                Some(CloseReason::Protocol(why)) => StartFailure::Protocol(why),
+                reason => {
+                    let grace = Duration::from_secs(1);
+                    match tokio::time::timeout(grace, crate::process::wait_reaped(child)).await {
+                        Ok(status) => StartFailure::Exited(status.into()),
+                        Err(_) => StartFailure::Protocol(
+                            reason.map(|r| r.to_string()).unwrap_or_default(),
+                        ),
+                    }
+                }
             }
         }
     };
-    conn.close(failure.to_string());
+    conn.close(CloseReason::Host(failure.to_string()));
     Err(failure)
 }
 
-/// Connects to the socket once the plugin listens on it. Runs until it succeeds; the caller
-/// bounds it with the start timeout and the process's exit.
-async fn connect(socket: &Path) -> UnixStream {
+/// Connects to the socket once the plugin listens on it. Runs until it succeeds, or fails for
+/// lack of resources (which waiting for the plugin cannot fix); the caller bounds it with the
+/// start timeout and the process's exit.
+async fn connect(socket: &Path) -> std::io::Result<UnixStream> {
     let mut delay = Duration::from_millis(1);
     loop {
         match UnixStream::connect(socket).await {
-            Ok(stream) => return stream,
+            Ok(stream) => return Ok(stream),
+            Err(e) if crate::discovery::lack_of_resources(e.raw_os_error()) => return Err(e),
             Err(_) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_millis(25));

@@ -38,7 +38,7 @@ async fn broken_files_are_listed_with_reasons_and_do_not_stop_the_others() {
 
     let mut b = env.builder();
     b.metadata_timeout(Duration::from_millis(500));
-    let host = b.start().await.unwrap();
+    let host = start_with(&b).await;
     let mut rx = host.subscribe();
     let reason = |id: &str| host.get(id).unwrap().load_error.unwrap_or_default();
     assert!(
@@ -116,32 +116,38 @@ async fn instance_id_is_a_uuid_v4_made_once_and_kept() {
 }
 
 #[tokio::test]
-async fn rescan_picks_up_new_plugins_and_forgets_removed_ones() {
+async fn rescan_picks_up_new_replaced_and_removed_files() {
     let env = Env::new();
-    let host = env.start().await;
+    let mut b = env.builder();
+    // Only the explicit rescans act here.
+    b.watch_plugins(false)
+        .rescan_interval(Duration::from_secs(3600));
+    let host = start_with(&b).await;
     let mut rx = host.subscribe();
     let file = env.install_test_plugin("serve", "late");
-    host.rescan().await.unwrap();
+    let report = host.rescan().await.unwrap();
+    assert_eq!(report.discovered, ["late"], "{report:?}");
     wait_event(&mut rx, "late", EventKind::Started).await;
     let pid = pid_of(&host, "late");
     // An unchanged folder changes nothing.
-    host.rescan().await.unwrap();
+    let report = host.rescan().await.unwrap();
+    assert_eq!(report, toru_host::ScanReport::default());
     assert_eq!(pid_of(&host, "late"), pid);
-    // A replaced file is reloaded.
+    // A replaced file is an upgrade: the new version serves, the old process goes.
     env.install_test_plugin("serve-again", "late");
-    host.rescan().await.unwrap();
-    wait_event(&mut rx, "late", EventKind::Started).await;
-    assert!(!alive(pid), "the old process {pid} outlived its file");
-    assert_eq!(
-        host.get("late").unwrap().metadata.unwrap().name,
-        "Test serve-again"
-    );
-    let pid = pid_of(&host, "late");
+    let report = host.rescan().await.unwrap();
+    assert_eq!(report.upgraded, ["late"], "{report:?}");
+    wait_gone(pid).await;
+    let info = host.get("late").unwrap();
+    assert_eq!(info.metadata.unwrap().name, "Test serve-again");
+    assert_eq!(info.state, PluginState::Running);
+    let pid = info.pid.unwrap();
+    // A removed file stops the plugin; it stays listed as missing.
     std::fs::remove_file(file).unwrap();
-    host.rescan().await.unwrap();
-    wait_event(&mut rx, "late", EventKind::Removed).await;
-    assert!(host.get("late").is_err());
-    assert!(!alive(pid), "plugin process {pid} outlived its removal");
+    let report = host.rescan().await.unwrap();
+    assert_eq!(report.removed, ["late"], "{report:?}");
+    wait_gone(pid).await;
+    assert_eq!(host.get("late").unwrap().state, PluginState::Missing);
     host.shutdown().await;
 }
 
@@ -158,7 +164,7 @@ async fn a_relative_plugins_folder_works() {
     relative.push(env.plugins().strip_prefix("/").unwrap());
     let mut b = env.builder();
     b.plugin_dir(&relative);
-    let host = b.start().await.unwrap();
+    let host = start_with(&b).await;
     serving(&host, &["rel"]).await;
     host.shutdown().await;
 }

@@ -95,7 +95,7 @@ async fn a_plugin_error_and_a_timeout_are_told_apart_and_the_timeout_cancels() {
     env.install_test_plugin("serve", "t");
     let mut b = env.builder();
     b.request_timeout(Duration::from_millis(300));
-    let host = b.start().await.unwrap();
+    let host = start_with(&b).await;
     serving(&host, &["t"]).await;
     let err = host
         .request("t", &PluginRequest::get("/t/error"))
@@ -160,7 +160,7 @@ async fn plugins_that_never_get_ready_time_out_as_crashes() {
     env.install_test_plugin("exit-at-once", "quitter");
     let mut b = env.builder();
     b.start_timeout(Duration::from_millis(500));
-    let host = b.start().await.unwrap();
+    let host = start_with(&b).await;
     for (id, expect) in [
         ("nobind", "not ready within"),
         ("noinit", "not ready within"),

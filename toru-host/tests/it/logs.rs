@@ -91,7 +91,7 @@ async fn fifty_megabytes_of_stderr_do_not_block_the_plugin_and_the_logs_rotate()
         max_files: 5,
         ..LogConfig::default()
     });
-    let host = b.start().await.unwrap();
+    let host = start_with(&b).await;
     let mut rx = host.subscribe();
     // The plugin writes 50 MB before it binds its socket: it starts only if nothing blocked it.
     if !host.get("flood").unwrap().state.serves() {

@@ -7,6 +7,7 @@ mod discovery;
 mod forwarding;
 mod kv;
 mod lifecycle;
+mod live;
 mod logs;
 mod orphans;
 mod supervision;

@@ -18,7 +18,7 @@ async fn neighbour_serves(host: &PluginHost) {
 
 async fn start_with_neighbour(env: &Env, builder: toru_host::PluginHostBuilder) -> PluginHost {
     env.install_python_example();
-    let host = builder.start().await.unwrap();
+    let host = start_with(&builder).await;
     serving(&host, &["hello-python"]).await;
     host
 }

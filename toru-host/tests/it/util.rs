@@ -54,11 +54,12 @@ impl Env {
         b
     }
 
+    /// Starts a host on this env and waits for its first scan of the plugins folder.
     pub async fn start(&self) -> PluginHost {
-        self.builder().start().await.expect("host starts")
+        start_with(&self.builder()).await
     }
 
-    fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+    pub fn install_file(&self, name: &str, contents: &[u8]) -> PathBuf {
         std::fs::create_dir_all(self.plugins()).unwrap();
         let path = self.plugins().join(name);
         std::fs::write(&path, contents).unwrap();
@@ -68,13 +69,33 @@ impl Env {
 
     /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`.
     pub fn install_test_plugin(&self, mode: &str, id: &str) -> PathBuf {
-        let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
-        let dir = self.plugins();
-        let script = format!(
-            "#!/bin/sh\nTORU_TEST_DIR='{}' exec '{bin}' {mode} {id} \"$@\"\n",
-            dir.display()
-        );
-        self.install_file(&format!("{id}.binary"), script.as_bytes())
+        self.install_test_plugin_with(mode, id, &[])
+    }
+
+    /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`, run with `env` set and with
+    /// `TORU_TEST_DIR` naming the plugins folder (where the test plugin writes its files).
+    pub fn install_test_plugin_with(&self, mode: &str, id: &str, env: &[(&str, &str)]) -> PathBuf {
+        let dir = self.plugins().display().to_string();
+        let mut env = env.to_vec();
+        env.push(("TORU_TEST_DIR", &dir));
+        self.install_file(
+            &format!("{id}.binary"),
+            test_plugin_script(mode, id, &env).as_bytes(),
+        )
+    }
+
+    /// Replaces plugin file `name` as a package manager would: the new contents are written
+    /// beside it under another name, then renamed over it.
+    pub fn replace_atomically(&self, name: &str, contents: &[u8]) {
+        let tmp = self.plugins().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, self.plugins().join(name)).unwrap();
+    }
+
+    /// Overwrites plugin file `name` in place, as `cp new old` does.
+    pub fn overwrite(&self, name: &str, contents: &[u8]) {
+        std::fs::write(self.plugins().join(name), contents).unwrap();
     }
 
     /// Installs the Rust example plugin as `hello-rust.binary`.
@@ -94,6 +115,17 @@ impl Env {
     }
 }
 
+/// A shell script that runs `toru-test-plugin <mode> <id>` with `env` set.
+pub fn test_plugin_script(mode: &str, id: &str, env: &[(&str, &str)]) -> String {
+    let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
+    let mut script = String::from("#!/bin/sh\n");
+    for (k, v) in env {
+        script.push_str(&format!("export {k}='{v}'\n"));
+    }
+    script.push_str(&format!("exec '{bin}' {mode} {id} \"$@\"\n"));
+    script
+}
+
 /// A binary of another workspace package, built by `cargo test --workspace` (or
 /// `cargo build --workspace`) before the tests run.
 pub fn example_binary(name: &str) -> PathBuf {
@@ -110,6 +142,13 @@ pub fn example_binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Starts a host from `builder` and waits for its first scan of the plugins folder.
+pub async fn start_with(builder: &PluginHostBuilder) -> PluginHost {
+    let host = builder.start().await.expect("host starts");
+    host.discovered().await;
+    host
 }
 
 pub fn fast_restarts() -> RestartPolicy {
@@ -248,6 +287,7 @@ pub async fn wait_gone(pid: u32) {
 pub async fn serving(host: &PluginHost, ids: &[&str]) {
     // Subscribe first, then look: a start between the two is not missed.
     let mut rx = host.subscribe();
+    host.discovered().await;
     for id in ids {
         if !host.get(id).unwrap().state.serves() {
             wait_event(&mut rx, id, EventKind::Started).await;

@@ -25,6 +25,10 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(with_state(state))
         .map(|state: State| json(&json!({ "plugins": state.host.list() })));
+    let rescan = warp::path!("plugins" / "rescan")
+        .and(warp::post())
+        .and(with_state(state))
+        .and_then(rescan);
     let get = warp::path!("plugins" / String)
         .and(warp::get())
         .and(with_state(state))
@@ -99,7 +103,9 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
                 "default_limits": state.host.default_limits(),
             }))
         });
-    list.or(get)
+    list.or(rescan)
+        .unify()
+        .or(get)
         .unify()
         .or(enable)
         .unify()
@@ -128,6 +134,16 @@ fn json(value: &impl Serialize) -> Response {
 
 fn reject(e: impl Into<ApiError>) -> Rejection {
     e.into().reject()
+}
+
+/// `POST /api/plugins/rescan`: scans the plugins folder now (as the folder watcher does on its
+/// own) and answers what the scan did, with the plugins as they are after it.
+async fn rescan(state: State) -> Result<Response, Rejection> {
+    tracing::info!("rescanning the plugins folder");
+    let report = state.host.rescan().await.map_err(reject)?;
+    Ok(json(
+        &json!({ "report": report, "plugins": state.host.list() }),
+    ))
 }
 
 /// `PUT /api/plugins/:id/license` with `{"license_key": "..."}` stores a key, and with `null` or

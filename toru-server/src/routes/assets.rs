@@ -82,3 +82,38 @@ pub(crate) fn security_headers(headers: &mut HeaderMap) {
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
+
+#[cfg(test)]
+mod tests {
+    /// The text of `const NAME = { ... };` in `source`.
+    fn js_table<'a>(source: &'a str, name: &str) -> &'a str {
+        let start = source
+            .find(&format!("const {name} = {{"))
+            .unwrap_or_else(|| panic!("{name} in format.js"));
+        let end = source[start..].find("};").expect("the end of the table");
+        &source[start..start + end]
+    }
+
+    /// The UI labels every state and event kind the host has: a new one added to the host
+    /// without its label fails here, not in front of an operator.
+    #[test]
+    fn the_ui_labels_every_plugin_state_and_event_kind() {
+        let asset = toru_web_assets::get("format.js").expect("format.js");
+        let source = std::str::from_utf8(&asset.bytes).expect("UTF-8");
+        let states = js_table(source, "STATE_LABELS");
+        for name in toru_host::PluginState::NAMES {
+            assert!(
+                states.contains(&format!("\n  {name}:")),
+                "no label for state {name}"
+            );
+        }
+        let kinds = js_table(source, "EVENT_LABELS");
+        for kind in toru_host::EventKind::ALL {
+            let name = kind.as_str();
+            assert!(
+                kinds.contains(&format!("\n  {name}:")),
+                "no label for event {name}"
+            );
+        }
+    }
+}

@@ -30,6 +30,11 @@ impl Server {
     /// Also installs, for each `(id, bundle)`, a copy of the Python example with that id and
     /// that frontend bundle.
     pub(crate) fn start_with(variants: &[(&str, &str)]) -> Server {
+        Server::start_args(variants, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with more flags for the server.
+    pub(crate) fn start_args(variants: &[(&str, &str)], flags: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("a temp dir");
         let plugins = dir.path().join("plugins");
         std::fs::create_dir_all(plugins.join(".metadata")).unwrap();
@@ -64,6 +69,7 @@ impl Server {
             .arg(dir.path().join("data"))
             .arg("--log-dir")
             .arg(dir.path().join("logs"))
+            .args(flags)
             .env("TORU_ADMIN_SECRET", SECRET)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -81,6 +87,31 @@ impl Server {
             url,
             _dir: dir,
         }
+    }
+}
+
+impl Server {
+    /// Drops a copy of the Python example with id `id` into the plugins folder.
+    pub(crate) fn drop_plugin(&self, id: &str) {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello-plugin-python/hello-plugin-python.binary");
+        let file = self
+            ._dir
+            .path()
+            .join("plugins")
+            .join(format!("{id}.binary"));
+        std::fs::write(&file, python_variant(&python, id, "")).unwrap();
+        install(&file, &file);
+    }
+
+    /// Removes plugin file `<id>.binary` from the plugins folder.
+    pub(crate) fn remove_plugin(&self, id: &str) {
+        let file = self
+            ._dir
+            .path()
+            .join("plugins")
+            .join(format!("{id}.binary"));
+        std::fs::remove_file(file).unwrap();
     }
 }
 

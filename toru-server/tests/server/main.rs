@@ -8,5 +8,6 @@ mod contain;
 mod errors;
 mod license;
 mod lifecycle;
+mod live;
 mod routes;
 mod util;

@@ -216,9 +216,22 @@ impl Server {
         r.json().await.expect("JSON")
     }
 
-    /// One plugin's info.
+    /// One plugin's info; waits until the server has found the plugin (it lists plugins as it
+    /// finds them, after it started listening).
     pub(crate) async fn plugin(&self, id: &str) -> Value {
-        self.json(&format!("/api/plugins/{id}")).await
+        let path = format!("/api/plugins/{id}");
+        if self.get(&path).await.status() == 404 {
+            // Subscribe, then look again: a discovery between the two is not missed.
+            let mut events = self.events().await;
+            if self.get(&path).await.status() == 404 {
+                events
+                    .wait_for(&format!("{id} to be found"), |kind, e| {
+                        kind == "plugin" && e["plugin_id"] == id
+                    })
+                    .await;
+            }
+        }
+        self.json(&path).await
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -236,11 +249,17 @@ impl Server {
         }
     }
 
-    /// Waits until every plugin in `ids` is running.
+    /// Waits until every plugin in `ids` is running (the server lists plugins as it finds
+    /// them, after it started listening).
     pub(crate) async fn wait_running(&self, ids: &[&str]) {
         let mut events = self.events().await;
         for id in ids {
-            if self.plugin(id).await["state"] != "running" {
+            let r = self.get(&format!("/api/plugins/{id}")).await;
+            let state = match r.status().as_u16() {
+                200 => r.json::<Value>().await.expect("JSON")["state"].clone(),
+                _ => Value::Null,
+            };
+            if state != "running" {
                 events
                     .wait_for(&format!("{id} to start"), |kind, e| {
                         kind == "plugin" && e["plugin_id"] == *id && e["kind"] == "started"

@@ -1,10 +1,13 @@
-//! What the host knows about each plugin: the registry behind one lock.
+//! What the host knows about each plugin: the registry behind one lock, and the state machine
+//! every change of a plugin's state goes through ([`machine`]).
+
+pub(crate) mod machine;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 use toru_plugin_api::PluginMetadata;
 
 use crate::connection::Connection;
@@ -12,8 +15,27 @@ use crate::contain::Containment;
 use crate::contain::limits::{Enforcement, LimitOverrides, Limits};
 use crate::discovery::Found;
 use crate::events::ExitStatus;
+use crate::supervisor::Runner;
 
-/// Where a plugin is in its life.
+/// Declares [`PluginState`]'s names from one table, so that lists of them cannot drift.
+macro_rules! state_names {
+    ($($variant:ident $({ $($field:ident),* })? = $name:literal,)*) => {
+        impl PluginState {
+            /// Every state's name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($name,)*];
+
+            /// The state's name (`running`, `backing_off`, ...).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(PluginState::$variant $({ $($field: _),* })? => $name,)*
+                }
+            }
+        }
+    };
+}
+
+/// Where a plugin is in its life. `docs/architecture.md` draws the state machine, and every
+/// change of state is checked against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -26,10 +48,24 @@ pub enum PluginState {
     Running,
     /// Running, but it missed at least one health ping.
     Unhealthy,
+    /// Running, while a new version (its file was replaced) starts beside it; requests still go
+    /// to the running version.
+    Upgrading {
+        /// The version being started.
+        to_version: String,
+    },
     /// Crashed; the next start is at `next_attempt_ms` (milliseconds since the Unix epoch).
     BackingOff {
         /// When the next start is due.
         next_attempt_ms: u64,
+    },
+    /// A start failed for lack of resources (open files, processes, memory); not a crash. The
+    /// next start is at `next_attempt_ms`.
+    OutOfResources {
+        /// When the next start is due.
+        next_attempt_ms: u64,
+        /// What ran out.
+        reason: String,
     },
     /// Will not run until something changes; `reason` says what went wrong.
     Failed {
@@ -38,25 +74,31 @@ pub enum PluginState {
     },
     /// Being stopped.
     Stopping,
+    /// Its file was removed: it does not run, and its settings and data are kept. Putting a file
+    /// with its id back brings it back.
+    Missing,
+}
+
+state_names! {
+    Disabled = "disabled",
+    Starting = "starting",
+    Running = "running",
+    Unhealthy = "unhealthy",
+    Upgrading { to_version } = "upgrading",
+    BackingOff { next_attempt_ms } = "backing_off",
+    OutOfResources { next_attempt_ms, reason } = "out_of_resources",
+    Failed { reason } = "failed",
+    Stopping = "stopping",
+    Missing = "missing",
 }
 
 impl PluginState {
-    /// The state's name (`running`, `backing_off`, ...).
-    pub fn name(&self) -> &'static str {
-        match self {
-            PluginState::Disabled => "disabled",
-            PluginState::Starting => "starting",
-            PluginState::Running => "running",
-            PluginState::Unhealthy => "unhealthy",
-            PluginState::BackingOff { .. } => "backing_off",
-            PluginState::Failed { .. } => "failed",
-            PluginState::Stopping => "stopping",
-        }
-    }
-
     /// Whether requests are forwarded in this state.
     pub fn serves(&self) -> bool {
-        matches!(self, PluginState::Running | PluginState::Unhealthy)
+        matches!(
+            self,
+            PluginState::Running | PluginState::Unhealthy | PluginState::Upgrading { .. }
+        )
     }
 }
 
@@ -64,6 +106,10 @@ impl std::fmt::Display for PluginState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PluginState::Failed { reason } => write!(f, "failed: {reason}"),
+            PluginState::OutOfResources { reason, .. } => {
+                write!(f, "out of resources: {reason}")
+            }
+            PluginState::Upgrading { to_version } => write!(f, "upgrading to {to_version}"),
             other => f.write_str(other.name()),
         }
     }
@@ -71,12 +117,15 @@ impl std::fmt::Display for PluginState {
 
 /// A plugin as the host sees it: its file, metadata, whether it is enabled, and how it runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PluginInfo {
     /// The plugin's id (for a plugin that failed to load: its file name).
     pub id: String,
     /// The plugin file.
     pub file: PathBuf,
-    /// The metadata, when it could be read.
+    /// The SHA-256 of the file's contents when it was loaded, in hex.
+    pub file_sha256: Option<String>,
+    /// The metadata, when it could be read (of the version that runs, or that will run).
     pub metadata: Option<PluginMetadata>,
     /// Why the plugin could not be loaded, if it could not.
     pub load_error: Option<String>,
@@ -99,6 +148,11 @@ pub struct PluginInfo {
     pub last_exit: Option<ExitStatus>,
     /// The last error: a crash, a failure or a protocol violation, in words.
     pub last_error: Option<String>,
+    /// Why the last replacement of the plugin's file did not take (the old version kept
+    /// serving); cleared by a successful upgrade.
+    pub upgrade_error: Option<String>,
+    /// Old versions still finishing their requests after an upgrade.
+    pub draining: u32,
     /// The protocol version agreed with the running process.
     pub protocol_version: Option<u32>,
     /// Whether a `license_key` setting is stored for the plugin.
@@ -125,31 +179,36 @@ pub(crate) struct Entry {
     pub(crate) started_at_ms: Option<u64>,
     pub(crate) last_exit: Option<ExitStatus>,
     pub(crate) last_error: Option<String>,
+    pub(crate) upgrade_error: Option<String>,
+    /// The file contents (SHA-256) whose upgrade failed: not tried again until the file changes
+    /// or an operator rescans.
+    pub(crate) rejected: Option<[u8; 32]>,
+    pub(crate) draining: u32,
     pub(crate) protocol_version: Option<u32>,
     pub(crate) conn: Option<Connection>,
     pub(crate) runner: Option<Runner>,
     /// The containment and enforcement of the running (or last) process.
     pub(crate) contained: Option<(Containment, Enforcement)>,
-}
-
-/// A running supervisor task for one plugin.
-pub(crate) struct Runner {
-    pub(crate) stop: CancellationToken,
-    pub(crate) done: tokio::sync::watch::Receiver<bool>,
+    /// Serialises enable, disable, restart, upgrade and removal of this plugin.
+    pub(crate) ops: Arc<tokio::sync::Mutex<()>>,
+    /// Keeps this plugin's events in the order of its state changes.
+    pub(crate) order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Entry {
+    /// A new entry: `Failed` for a file that did not load, else `Starting` when it is enabled
+    /// (its runner is started next) or `Disabled`.
     pub(crate) fn new(found: Found, enabled: bool) -> Entry {
         let state = match &found.result {
             Err(reason) => PluginState::Failed {
-                reason: reason.clone(),
+                reason: reason.to_string(),
             },
             Ok(_) if enabled => PluginState::Starting,
             Ok(_) => PluginState::Disabled,
         };
         Entry {
+            enabled: enabled && found.result.is_ok(),
             found,
-            enabled,
             state,
             pid: None,
             restarts: 0,
@@ -157,10 +216,15 @@ impl Entry {
             started_at_ms: None,
             last_exit: None,
             last_error: None,
+            upgrade_error: None,
+            rejected: None,
+            draining: 0,
             protocol_version: None,
             conn: None,
             runner: None,
             contained: None,
+            ops: Arc::default(),
+            order: Arc::default(),
         }
     }
 
@@ -168,12 +232,23 @@ impl Entry {
         self.found.result.as_ref().ok()
     }
 
+    /// Whether the plugin's metadata was read (it is a plugin, not a file that failed to load).
+    pub(crate) fn loaded(&self) -> bool {
+        self.found.result.is_ok()
+    }
+
+    /// Whether the plugin is installed: loaded, and its file is there.
+    pub(crate) fn installed(&self) -> bool {
+        self.loaded() && self.state != PluginState::Missing
+    }
+
     pub(crate) fn info(&self, now_ms: u64) -> PluginInfo {
         PluginInfo {
             id: self.found.key(),
             file: self.found.file.clone(),
+            file_sha256: self.found.hash.map(|h| crate::discovery::hex(&h)),
             metadata: self.metadata().cloned(),
-            load_error: self.found.result.as_ref().err().cloned(),
+            load_error: self.found.result.as_ref().err().map(ToString::to_string),
             enabled: self.enabled,
             state: self.state.clone(),
             pid: self.pid,
@@ -183,6 +258,8 @@ impl Entry {
             uptime_ms: self.started_at_ms.map(|t| now_ms.saturating_sub(t)),
             last_exit: self.last_exit,
             last_error: self.last_error.clone(),
+            upgrade_error: self.upgrade_error.clone(),
+            draining: self.draining,
             protocol_version: self.protocol_version,
             license_key_set: false,
             containment: self.contained.map(|c| c.0),
@@ -201,11 +278,12 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// The plugin whose route is `/segment`.
+    /// The installed plugin whose route is `/segment`.
     pub(crate) fn by_route(&self, segment: &str) -> Option<&Entry> {
         self.plugins.values().find(|e| {
-            e.metadata()
-                .is_some_and(|m| m.route.strip_prefix('/') == Some(segment))
+            e.installed()
+                && e.metadata()
+                    .is_some_and(|m| m.route.strip_prefix('/') == Some(segment))
         })
     }
 }
