@@ -18,6 +18,8 @@ mod conn;
 pub(crate) mod fdlimit;
 mod metrics;
 mod slots;
+#[cfg(test)]
+mod tests;
 
 use std::convert::Infallible;
 use std::io;
@@ -223,7 +225,7 @@ fn is_out_of_resources(e: &io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+mod unit_tests {
     use super::*;
 
     #[test]

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod check;
+mod edge;
 mod errors;
 mod license;
 mod lifecycle;

@@ -134,7 +134,31 @@ impl Server {
 
     /// Starts `toru-server serve`; `secret` is `TORU_ADMIN_SECRET` (none: the stored one).
     pub(crate) async fn start_with(env: &Env, extra: &[&str], secret: Option<&str>) -> Server {
-        let mut cmd = Command::new(server_bin());
+        Server::launch(env, extra, secret, None).await
+    }
+
+    /// Starts `toru-server serve` with the test secret under an open-file limit of `nofile`
+    /// (soft and hard, as a service manager sets it).
+    pub(crate) async fn start_limited(env: &Env, extra: &[&str], nofile: u64) -> Server {
+        Server::launch(env, extra, Some(SECRET), Some(nofile)).await
+    }
+
+    async fn launch(
+        env: &Env,
+        extra: &[&str],
+        secret: Option<&str>,
+        nofile: Option<u64>,
+    ) -> Server {
+        let mut cmd = match nofile {
+            None => Command::new(server_bin()),
+            Some(n) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(server_bin());
+                sh
+            }
+        };
         cmd.arg("serve")
             .args(env.args())
             .args(extra)
