@@ -43,18 +43,17 @@ pub(crate) fn raise() -> FdLimit {
             Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
         }
     }
-    match (limit.before, limit.soft) {
-        (Some(before), Some(now)) if before != now => {
-            tracing::info!(
-                from = before,
-                to = now,
-                hard = ?limit.hard,
-                "raised the open-file limit"
-            );
-        }
-        _ => tracing::info!(soft = ?limit.soft, hard = ?limit.hard, "open-file limit"),
+    let (before, soft, hard) = (shown(limit.before), shown(limit.soft), shown(limit.hard));
+    if limit.before == limit.soft {
+        tracing::info!(soft = %soft, hard = %hard, "open-file limit");
+    } else {
+        tracing::info!(from = %before, to = %soft, hard = %hard, "raised the open-file limit");
     }
     limit
+}
+
+fn shown(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
 }
 
 /// Descriptors kept out of the connection cap for plugins, sockets and files: a quarter of the
