@@ -62,7 +62,7 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
 
     let state = Arc::new(AppState {
         host: host.clone(),
-        auth: Auth::new(admin.hash),
+        auth: Auth::new(admin.check, Some(host.store().clone())),
         max_body_bytes: args.max_body_bytes,
         secure_cookies: args.secure_cookies,
         shutdown: shutdown.clone(),
