@@ -127,7 +127,7 @@ async fn supervise(shared: &Arc<Shared>, id: &str, file: &Path, stop: &Cancellat
 async fn disable_unstable(shared: &Arc<Shared>, id: &str, count: u32) {
     let reason = format!("crashed {count} times in a row; enable it again once it is fixed");
     if let Err(e) = shared.config().set_enabled(id, false) {
-        tracing::error!(plugin.id = %id, error = %e, "cannot persist that the plugin is disabled");
+        tracing::error!(plugin.id = %id, error = %crate::error::chain(&e), "cannot persist that the plugin is disabled");
     }
     shared.update(id, |e| {
         e.enabled = false;

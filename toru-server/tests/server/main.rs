@@ -6,6 +6,7 @@ mod auth;
 mod check;
 mod edge;
 mod errors;
+mod files;
 mod license;
 mod lifecycle;
 mod routes;
