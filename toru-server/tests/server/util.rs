@@ -22,19 +22,10 @@ pub(crate) fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_toru-server")
 }
 
-/// A binary of another workspace package, next to this test's own binary
-/// (`target/<profile>/deps/server-<hash>` -> `target/<profile>/<name>`). `cargo test --workspace`
-/// builds it before the tests run; `cargo build -p <package>` does too.
+/// A binary of another workspace package, next to this test's own binary; built when missing
+/// (see [`toru_test_support::workspace_binary`]).
 pub(crate) fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p {package}` (or `cargo test --workspace`) first",
-        path.display()
-    );
-    path
+    toru_test_support::workspace_binary(package, name)
 }
 
 /// A temp folder with `plugins/`, `data/` and `logs/`.
@@ -354,19 +345,7 @@ impl Events {
     }
 }
 
-/// Whether a process with this pid exists (and is not a zombie).
-pub(crate) fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
+pub(crate) use toru_test_support::alive;
 
 /// Waits until `file` contains `needle`, woken by inotify on its folder (the host writes logs
 /// from a thread, a little after the event that causes them).
