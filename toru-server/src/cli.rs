@@ -57,8 +57,8 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "TORU_DATA_DIR", default_value = ".", global = true)]
     pub(crate) data_dir: PathBuf,
 
-    /// Folder of the plugin logs [default: /var/log/toru, or <data dir>/logs when that is not
-    /// writable].
+    /// Folder of the plugin logs; one given here must be writable [default: /var/log/toru, or
+    /// DATA_DIR/logs when that is not writable].
     #[arg(long, env = "TORU_LOG_DIR", global = true)]
     pub(crate) log_dir: Option<PathBuf>,
 
