@@ -8,31 +8,30 @@
 //!   applies: the plugin's own timeouts and the client's reading decide.
 //!
 //! Requests are counted by wrapping the service (a request starts when hyper hands it over) and
-//! the response body (it ends with its last frame, or when hyper drops it).
+//! the response body (it ends with its last frame, or when hyper drops it): see
+//! [`service`](super::service). The socket tells when bytes arrive: see [`socket`](super::socket).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::PeerAddr;
+use super::service::EdgeService;
 use super::slots::{Slot, Slots};
+use super::socket::ConnIo;
 
 /// How long a client may take to send a request head, and stay silent between requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +145,7 @@ impl ConnState {
         self.evicted.notify_one();
     }
 
-    fn request_started(&self) {
+    pub(super) fn request_started(&self) {
         let mut phase = self.phase();
         phase.in_flight += 1;
         phase.served += 1;
@@ -156,7 +155,7 @@ impl ConnState {
         }
     }
 
-    fn request_ended(self: &Arc<Self>) {
+    pub(super) fn request_ended(self: &Arc<Self>) {
         let mut phase = self.phase();
         phase.in_flight = phase.in_flight.saturating_sub(1);
         if phase.in_flight == 0 && phase.idle_key.is_none() {
@@ -170,7 +169,7 @@ impl ConnState {
     }
 
     /// Bytes arrived from the client.
-    fn bytes_read(&self) {
+    pub(super) fn bytes_read(&self) {
         if !self.awaiting_first_byte.swap(false, Ordering::Relaxed) {
             return;
         }
@@ -192,146 +191,6 @@ impl ConnState {
         if let Some(key) = phase.idle_key.take() {
             self.slots.remove_idle(key);
         }
-    }
-}
-
-/// Counts one request as in flight until dropped.
-#[derive(Debug)]
-struct RequestGuard(Arc<ConnState>);
-
-impl RequestGuard {
-    fn new(conn: &Arc<ConnState>) -> RequestGuard {
-        conn.request_started();
-        RequestGuard(Arc::clone(conn))
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.0.request_ended();
-    }
-}
-
-/// The socket, telling the connection's state when bytes arrive, and holding its slot until it
-/// is closed (the fields drop in order: the socket first).
-#[derive(Debug)]
-pub(crate) struct ConnIo {
-    stream: TcpStream,
-    conn: Arc<ConnState>,
-    _slot: Slot,
-}
-
-impl AsyncRead for ConnIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.bytes_read();
-        }
-        result
-    }
-}
-
-impl AsyncWrite for ConnIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// The routes, with the client's address in each request's extensions and each request counted.
-#[derive(Debug, Clone)]
-struct EdgeService<S> {
-    inner: S,
-    conn: Arc<ConnState>,
-    peer: PeerAddr,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for EdgeService<S>
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Unpin + Send + 'static,
-{
-    type Response = Response<TrackedBody<B>>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.peer);
-        let guard = RequestGuard::new(&self.conn);
-        // warp's service is always ready.
-        let response = self.inner.clone().call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody {
-                body,
-                guard: Some(guard),
-            }))
-        })
-    }
-}
-
-/// A response body that ends its request when its last frame is out (or it is dropped).
-#[derive(Debug)]
-pub(crate) struct TrackedBody<B> {
-    body: B,
-    guard: Option<RequestGuard>,
-}
-
-impl<B: Body + Unpin> Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) {
-            self.guard = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -357,11 +216,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = ConnState::new(Arc::clone(&shared.slots), Instant::now());
-    let io = TokioIo::new(ConnIo {
-        stream,
-        conn: Arc::clone(&conn),
-        _slot: slot,
-    });
+    let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&conn), slot));
     let service = EdgeService {
         inner: shared.service,
         conn: Arc::clone(&conn),
@@ -410,6 +265,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::service::RequestGuard;
     use super::*;
 
     const T: Timeouts = Timeouts {

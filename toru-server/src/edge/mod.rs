@@ -17,7 +17,9 @@
 mod conn;
 pub(crate) mod fdlimit;
 mod metrics;
+mod service;
 mod slots;
+mod socket;
 #[cfg(test)]
 mod tests;
 
