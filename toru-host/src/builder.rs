@@ -109,7 +109,8 @@ impl PluginHostBuilder {
     }
 
     /// The folder for `plugins/<id>.log` and `plugin-supervisor.log` (default `/var/log/toru`,
-    /// falling back to `<data dir>/logs` when that is not writable).
+    /// falling back to `<data dir>/logs` when that is not writable). A folder set here must be
+    /// writable: [`start`](Self::start) fails otherwise.
     pub fn log_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.log_dir = Some(dir.into());
         self
@@ -264,7 +265,8 @@ impl PluginHostBuilder {
     /// enabled, started. [`PluginHost::discovered`] waits for the first scan.
     ///
     /// # Errors
-    /// A folder that cannot be created, a corrupt `config.json` or database.
+    /// A folder that cannot be created, a corrupt `config.json` or database, a log folder set
+    /// with [`log_dir`](Self::log_dir) that cannot be written.
     pub async fn start(&self) -> Result<PluginHost, StartError> {
         PluginHost::start(self.clone()).await
     }

@@ -32,16 +32,28 @@ pub(crate) struct PluginConfig {
     pub(crate) limits: LimitOverrides,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// The file format's version, written in every file.
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ConfigFile {
-    #[serde(default = "one")]
+    #[serde(default = "version")]
     version: u32,
     #[serde(default)]
     plugins: BTreeMap<String, PluginConfig>,
 }
 
-fn one() -> u32 {
-    1
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            version: VERSION,
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+fn version() -> u32 {
+    VERSION
 }
 
 /// The config file and its contents.
@@ -152,6 +164,40 @@ mod tests {
         let a = again.plugin("a").unwrap();
         assert_eq!(a.enabled, Some(false));
         assert_eq!(a.settings["license_key"], "k");
+    }
+
+    /// The example in docs/operations.md, parsed.
+    fn documented() -> ConfigFile {
+        let docs = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md"),
+        )
+        .unwrap();
+        let example = docs
+            .split("### config.json")
+            .nth(1)
+            .and_then(|section| section.split("```json").nth(1))
+            .and_then(|block| block.split("```").next())
+            .expect("docs/operations.md has a config.json example");
+        serde_json::from_str(example).expect("the documented config.json parses")
+    }
+
+    #[test]
+    fn the_version_written_is_the_one_the_docs_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        Config::load(path.clone())
+            .unwrap()
+            .set_enabled("a", true)
+            .unwrap();
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written["version"], VERSION);
+        assert_eq!(documented().version, VERSION);
+        assert_eq!(
+            documented().plugins["hello-rust"].enabled,
+            Some(true),
+            "the example still reads as documented"
+        );
     }
 
     #[test]

@@ -204,3 +204,16 @@ pub enum Error {
     #[error(transparent)]
     Logs(#[from] crate::logs::LogError),
 }
+
+/// An error and its causes, `: `-separated, for a log line (the messages leave causes to
+/// `source()`).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -58,8 +58,8 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "TORU_DATA_DIR", default_value = ".", global = true)]
     pub(crate) data_dir: PathBuf,
 
-    /// Folder of the plugin logs [default: /var/log/toru, or <data dir>/logs when that is not
-    /// writable].
+    /// Folder of the plugin logs; one given here must be writable [default: /var/log/toru, or
+    /// DATA_DIR/logs when that is not writable].
     #[arg(long, env = "TORU_LOG_DIR", global = true)]
     pub(crate) log_dir: Option<PathBuf>,
 
@@ -97,6 +97,21 @@ pub(crate) struct ServerArgs {
     /// On SIGINT or SIGTERM, how long requests in flight may run on before they are cancelled.
     #[arg(long, env = "TORU_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
     pub(crate) drain_timeout: Duration,
+
+    /// How long a client may take to send a request head: from a new connection, or from the
+    /// first byte of a later request on a kept-alive one. Slower: the connection is closed.
+    #[arg(long, env = "TORU_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, global = true)]
+    pub(crate) header_timeout: Duration,
+
+    /// How long a kept-alive connection may stay silent between requests before it is closed.
+    #[arg(long, env = "TORU_IDLE_TIMEOUT", default_value = "60s", value_parser = duration, global = true)]
+    pub(crate) idle_timeout: Duration,
+
+    /// Client connections open at most [default: the open-file limit minus a reserve for
+    /// plugins and files: a quarter of the limit, 64 to 1024; at most 16384]. At the cap, a new
+    /// connection closes the one idle the longest; when all are busy, new ones wait.
+    #[arg(long, env = "TORU_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub(crate) max_connections: Option<u32>,
 
     /// The largest request body accepted, in bytes (larger: 413).
     #[arg(long, env = "TORU_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024, global = true)]
@@ -182,6 +197,9 @@ mod tests {
         assert_eq!(cli.server.bind.to_string(), "127.0.0.1:3000");
         assert_eq!(cli.server.request_timeout, Duration::from_secs(30));
         assert_eq!(cli.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(cli.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(cli.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cli.server.max_connections, None);
 
         let cli = Cli::try_parse_from([
             "toru-server",
@@ -190,8 +208,11 @@ mod tests {
             "127.0.0.1:0",
             "--request-timeout",
             "500ms",
+            "--max-connections",
+            "100",
         ])
         .unwrap();
+        assert_eq!(cli.server.max_connections, Some(100));
         assert!(matches!(cli.command, Some(Command::Serve)));
         assert_eq!(cli.server.bind.port(), 0);
         assert_eq!(cli.server.request_timeout, Duration::from_millis(500));
@@ -249,6 +270,11 @@ mod tests {
     fn a_bad_duration_is_refused() {
         let err = Cli::try_parse_from(["toru-server", "--request-timeout", "soon"]).unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn a_connection_cap_of_zero_is_refused() {
+        assert!(Cli::try_parse_from(["toru-server", "--max-connections", "0"]).is_err());
     }
 
     #[test]

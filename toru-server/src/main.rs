@@ -5,6 +5,7 @@
 mod auth;
 mod cli;
 mod demo;
+mod edge;
 mod metrics;
 mod routes;
 mod secret;

@@ -12,6 +12,7 @@ use toru_host::PluginHost;
 
 use crate::auth::Auth;
 use crate::cli::ServerArgs;
+use crate::edge::{self, EdgeConfig};
 use crate::routes::{self, AppState};
 use crate::secret::{self, SecretSource};
 
@@ -25,6 +26,9 @@ pub(crate) struct Extras {
 }
 
 pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<()> {
+    // First, before anything opens files: every connection and plugin needs descriptors.
+    let fd_limit = edge::fdlimit::raise();
+    let edge_config = edge_config(args, fd_limit);
     // Bind first: a port in use is reported before any plugin starts.
     let listener = TcpListener::bind(args.bind)
         .await
@@ -62,7 +66,7 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
 
     let state = Arc::new(AppState {
         host: host.clone(),
-        auth: Auth::new(admin.hash),
+        auth: Auth::new(admin.check, Some(host.store().clone())),
         max_body_bytes: args.max_body_bytes,
         secure_cookies: args.secure_cookies,
         shutdown: shutdown.clone(),
@@ -70,12 +74,21 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
     let routes = routes::routes(Arc::clone(&state));
     crate::metrics::spawn_upkeep(shutdown.clone());
     announce(addr, admin.new_secret.as_deref(), admin.source);
-    tracing::info!(%addr, plugins_dir = %host.plugin_dir().display(), "toru-server listening; plugins come up behind it");
+    tracing::info!(
+        %addr,
+        plugins_dir = %host.plugin_dir().display(),
+        max_connections = edge_config.max_connections,
+        header_timeout = ?edge_config.timeouts.header,
+        idle_timeout = ?edge_config.timeouts.idle,
+        "toru-server listening; plugins come up behind it"
+    );
 
-    let server = warp::serve(routes)
-        .incoming(listener)
-        .graceful(shutdown.clone().cancelled_owned())
-        .run();
+    let server = edge::serve(
+        listener,
+        warp::service(routes),
+        edge_config,
+        shutdown.clone(),
+    );
     let drain = args.drain_timeout;
     tokio::select! {
         () = server => {}
@@ -88,6 +101,32 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
     host.shutdown().await;
     tracing::info!("toru-server stopped");
     Ok(())
+}
+
+/// The edge's timeouts and connection cap, from the flags and the open-file limit.
+fn edge_config(args: &ServerArgs, fd_limit: edge::fdlimit::FdLimit) -> EdgeConfig {
+    let auto = edge::fdlimit::auto_cap(fd_limit.soft);
+    let max_connections = match args.max_connections {
+        Some(cap) => {
+            let cap = cap as usize;
+            if cap > auto {
+                tracing::warn!(
+                    max_connections = cap,
+                    open_file_limit = ?fd_limit.soft,
+                    "--max-connections leaves less than the usual reserve of descriptors for plugins and files"
+                );
+            }
+            cap
+        }
+        None => auto,
+    };
+    EdgeConfig {
+        timeouts: edge::Timeouts {
+            header: args.header_timeout,
+            idle: args.idle_timeout,
+        },
+        max_connections,
+    }
 }
 
 pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {

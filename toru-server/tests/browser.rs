@@ -3,9 +3,10 @@
 //!
 //! The tests install `chromium chromium-driver` with apt-get when `/usr/bin/chromedriver` is
 //! missing (they run as root in CI). They write screenshots of the main screens into
-//! `docs/images/` (or `$TORU_SCREENSHOT_DIR`). They never sleep: every wait is a thirtyfour query
-//! or a condition checked in the page, each with a deadline and a message saying what was
-//! expected.
+//! `target/screenshots/` (or `$TORU_SCREENSHOT_DIR`), and copy them into `docs/images/` only with
+//! `UPDATE_SCREENSHOTS=1`, so that a test run leaves the tracked images alone. They never sleep:
+//! every wait is a thirtyfour query or a condition checked in the page, each with a deadline and
+//! a message saying what was expected.
 
 #[path = "browser/page.rs"]
 mod page;

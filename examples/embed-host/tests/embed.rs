@@ -3,14 +3,7 @@
 use std::path::{Path, PathBuf};
 
 fn target_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
+    toru_test_support::workspace_binary(name, name)
 }
 
 #[test]

@@ -14,6 +14,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use toru_plugin_api::license::{Issuer, LicenseClaims, LicensePolicy, Timestamp};
+use toru_test_support::{Mutation, Rng, mutate};
 
 const INSTANCE: &str = "6f0c0e8e-5b9e-4c55-9d0e-6c1b2a3d4e5f";
 const OTHER_INSTANCE: &str = "0b7e1f7a-0d7c-4b61-8a3c-9f2e4d5c6b7a";
@@ -379,42 +380,6 @@ async fn python_plugin_refuses_what_rust_refuses_with_the_same_reason() {
     .await;
 }
 
-/// xorshift64*: a small deterministic generator for mutating keys.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-/// The key with one to four random edits: replaced, removed, inserted or flipped bytes, or a cut.
-fn mutate(rng: &mut Rng, key: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCXYZabcxyz0189-_.=+/ \n\t\"";
-    let mut bytes = key.as_bytes().to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(bytes.len() + 1);
-        match rng.below(5) {
-            0 if at < bytes.len() => bytes[at] = ALPHABET[rng.below(ALPHABET.len())],
-            1 if at < bytes.len() => {
-                bytes.remove(at);
-            }
-            2 => bytes.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
-            3 => bytes.truncate(at),
-            _ if at < bytes.len() => bytes[at] ^= 1 << rng.below(7),
-            _ => {}
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 /// Feeds thousands of keys, valid and mutated, to the Python verifier in one process (the script
 /// imported as a module) and to the Rust one: both must accept the same keys with the same claims
 /// and refuse the others with the same message.
@@ -422,7 +387,7 @@ fn mutate(rng: &mut Rng, key: &str) -> String {
 async fn python_verifier_agrees_with_rust_on_mutated_keys() {
     let issuer = python_secret();
     let now = Timestamp::now();
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = Rng::new(0x2545_F491_4F6C_DD1D);
     let mut keys = Vec::new();
     let mut expired = LicenseClaims::new("hello-python", INSTANCE, "2024-01-01".parse().unwrap());
     expired.expires_at = Some("2025-01-01".parse().unwrap());
@@ -434,7 +399,7 @@ async fn python_verifier_agrees_with_rust_on_mutated_keys() {
     ] {
         let key = issuer.issue(&claims);
         keys.push(key.clone());
-        keys.extend((0..500).map(|_| mutate(&mut rng, &key)));
+        keys.extend((0..500).map(|_| mutate(&mut rng, &key, &Mutation::TEXT)));
     }
     let script = r#"
 import importlib.machinery, importlib.util, json, sys

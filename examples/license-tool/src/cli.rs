@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Create a signing key: an Ed25519 key pair (recommended) or an HMAC secret.
     ///
-    /// Writes DIR/<key id>.secret (mode 0600) and, for Ed25519, DIR/<key id>.public, and prints
+    /// Writes DIR/KEY_ID.secret (mode 0600) and, for Ed25519, DIR/KEY_ID.public, and prints
     /// the key text a plugin embeds.
     Keygen {
         /// ed25519: the plugin holds only a public key. hmac: the plugin holds the secret

@@ -75,7 +75,7 @@ impl PluginHost {
         let config = Config::load(settings.config_path())?;
         let store = Store::open(&settings.db_path(), settings.kv_limits)?;
         let (log_dir, notice) =
-            PluginLogs::resolve_log_dir(settings.log_dir.as_deref(), &settings.data_dir);
+            PluginLogs::resolve_log_dir(settings.log_dir.as_deref(), &settings.data_dir)?;
         if let Some(notice) = notice {
             tracing::warn!(log_dir = %log_dir.display(), "{notice}");
         }

@@ -88,7 +88,7 @@ impl Default for LogConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogError {
-    /// A log file or folder could not be created or read.
+    /// A log file or folder could not be created, written or read.
     #[error("log path {path:?} could not be used")]
     Io {
         /// The file or folder.
@@ -162,15 +162,33 @@ impl PluginLogs {
         })
     }
 
-    /// The log dir to use: `preferred`, or [`DEFAULT_LOG_DIR`] when `None`, if a file can be
-    /// created in it (and in its `plugins` folder); otherwise `<data_dir>/logs`, with a sentence
-    /// saying so to print at start-up. Never fails: the notice also says when the fallback is
-    /// not writable either.
+    /// The log dir to use: `preferred` when given, which must be writable (a file can be created
+    /// in it and in its `plugins` folder); else [`DEFAULT_LOG_DIR`] if writable, otherwise
+    /// `<data_dir>/logs`, with a sentence saying so to print at start-up (never an error over a
+    /// default path: the notice also says when the fallback is not writable either).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Io`] when `preferred` is given and is not writable: the operator asked for
+    /// that folder, and logs silently written elsewhere would be missed.
     pub(crate) fn resolve_log_dir(
         preferred: Option<&Path>,
         data_dir: &Path,
-    ) -> (PathBuf, Option<String>) {
-        let wanted = preferred.map_or_else(|| PathBuf::from(DEFAULT_LOG_DIR), Path::to_path_buf);
+    ) -> Result<(PathBuf, Option<String>), LogError> {
+        match preferred {
+            Some(dir) => probe(dir)
+                .map(|()| (dir.to_path_buf(), None))
+                .map_err(|source| LogError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                }),
+            None => Ok(Self::default_log_dir(Path::new(DEFAULT_LOG_DIR), data_dir)),
+        }
+    }
+
+    /// `wanted` if writable, else `<data_dir>/logs` with a notice.
+    fn default_log_dir(wanted: &Path, data_dir: &Path) -> (PathBuf, Option<String>) {
+        let wanted = wanted.to_path_buf();
         let Err(e) = probe(&wanted) else {
             return (wanted, None);
         };

@@ -567,18 +567,32 @@ fn entry_format_is_stable() {
 }
 
 #[test]
-fn resolve_log_dir_falls_back_to_the_data_dir() {
+fn a_log_dir_given_must_be_writable() {
     let dir = TempDir::new().unwrap();
     let wanted = dir.path().join("var-log");
-    let (got, notice) = PluginLogs::resolve_log_dir(Some(&wanted), &dir.path().join("data"));
+    let (got, notice) =
+        PluginLogs::resolve_log_dir(Some(&wanted), &dir.path().join("data")).unwrap();
     assert_eq!((got.as_path(), notice), (wanted.as_path(), None));
     assert!(wanted.join("plugins").is_dir());
 
     // A path below a regular file can never be created.
     let file = dir.path().join("file");
     fs::write(&file, b"").unwrap();
-    let (got, notice) =
-        PluginLogs::resolve_log_dir(Some(&file.join("logs")), &dir.path().join("data"));
+    let err = PluginLogs::resolve_log_dir(Some(&file.join("logs")), &dir.path().join("data"))
+        .expect_err("an unwritable log dir given explicitly");
+    assert!(
+        matches!(&err, LogError::Io { path, .. } if *path == file.join("logs")),
+        "{err:?}"
+    );
+    assert!(!dir.path().join("data").exists(), "no fallback was made");
+}
+
+#[test]
+fn the_default_log_dir_falls_back_to_the_data_dir() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("file");
+    fs::write(&file, b"").unwrap();
+    let (got, notice) = PluginLogs::default_log_dir(&file.join("logs"), &dir.path().join("data"));
     assert_eq!(got, dir.path().join("data").join("logs"));
     let notice = notice.expect("a notice about the fallback");
     assert!(
@@ -586,6 +600,33 @@ fn resolve_log_dir_falls_back_to_the_data_dir() {
         "{notice}"
     );
     assert!(got.join("plugins").is_dir());
+}
+
+#[tokio::test]
+async fn log_files_are_made_0640_and_existing_ones_tightened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new().unwrap();
+    let old = dir.path().join("plugins/old.log");
+    fs::create_dir_all(old.parent().unwrap()).unwrap();
+    for path in [old.clone(), dir.path().join("plugins/old.log.1")] {
+        fs::write(&path, b"{}\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let logs = logs(&dir, LogConfig::default());
+    for id in ["new", "old"] {
+        logs.write(id, Level::Info, LogSource::Host, "line", None);
+    }
+    logs.supervisor(Level::Info, "new", "spawn", "spawned");
+    logs.flush().await;
+    for file in ["plugins/new.log", SUPERVISOR_LOG] {
+        let m = mode(&dir.path().join(file));
+        // 0640, or less under a stricter umask.
+        assert_eq!(m & !0o640, 0, "{file} is {m:o}");
+        assert_eq!(m & 0o600, 0o600, "{file} is {m:o}");
+    }
+    assert_eq!(mode(&old), 0o640);
+    assert_eq!(mode(&dir.path().join("plugins/old.log.1")), 0o640);
 }
 
 #[test]

@@ -16,8 +16,9 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -31,6 +32,10 @@ use super::capture::find_newline;
 
 /// How many bytes of one file the thread gathers before writing them.
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Permissions of a new log file: the owner writes, the group (say `adm`, for a log shipper)
+/// reads, others nothing.
+pub(crate) const LOG_MODE: u32 = 0o640;
 
 /// A request to the writer thread.
 #[derive(Debug)]
@@ -231,12 +236,16 @@ impl LogFile {
         }
         // file-rotate ignores a failure to open the file and then drops every write; open it
         // here first so that the failure is seen.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)?;
-        let len = file.metadata()?.len();
+        let mut file = log_file_options().open(&self.path)?;
+        let meta = file.metadata()?;
+        tighten(&self.path, meta.permissions().mode());
+        for n in 1..=config.max_files {
+            let rotated = rotated_path(&self.path, n);
+            if let Ok(meta) = fs::metadata(&rotated) {
+                tighten(&rotated, meta.permissions().mode());
+            }
+        }
+        let len = meta.len();
         self.size = len + self.pending.len() as u64;
         self.needs_newline = len > 0 && !ends_with_newline(&mut file, len)?;
         drop(file);
@@ -248,7 +257,7 @@ impl LogFile {
                 AppendCount::new(max_files),
                 ContentLimit::None,
                 Compression::None,
-                None,
+                Some(log_file_options()),
             )
         })
         .map_err(|_| io::Error::other("file-rotate panicked while opening the file"))
@@ -290,6 +299,45 @@ impl LogFile {
 
     fn report(&mut self, what: &str, error: &io::Error) {
         report(&mut self.failing, &self.path, what, error);
+    }
+}
+
+/// How log files are opened: appending, created when missing with [`LOG_MODE`] (file-rotate
+/// makes each new file with these options too).
+fn log_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true).create(true).mode(LOG_MODE);
+    options
+}
+
+/// `<path>.<n>`, a rotated file.
+fn rotated_path(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Removes write permission for the group and every permission for others from a log file (a
+/// plugin's log may hold what it was sent), with a warning.
+fn tighten(path: &Path, mode: u32) {
+    let mode = mode & 0o7777;
+    let tight = mode & !0o027;
+    if tight == mode {
+        return;
+    }
+    match fs::set_permissions(path, fs::Permissions::from_mode(tight)) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            from = format!("{mode:04o}"),
+            to = format!("{tight:04o}"),
+            "the log file was readable by others; tightened its permissions"
+        ),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:04o}"),
+            error = %e,
+            "the log file is readable by others, and its permissions cannot be changed"
+        ),
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod error;
 mod events;
+mod file;
 mod kv;
 mod settings;
 #[cfg(test)]
@@ -81,15 +82,16 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating the file, its folder and its tables when missing,
-    /// and the instance id on first open.
+    /// Opens the database at `path`, creating the file (readable by its owner only), its folder
+    /// and its tables when missing, and the instance id on first open. An existing file that
+    /// others may read has those permissions removed, with a warning.
     ///
     /// The whole file is checked on open, so a damaged file is reported rather than trusted.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Corrupt`] when the file is not a redb database or is damaged (the file is
-    /// left untouched), [`StoreError::AlreadyOpen`] when another process or `Store` holds it,
+    /// [`StoreError::Corrupt`] when the file is empty, is not a redb database or is damaged (the
+    /// file is left untouched), [`StoreError::AlreadyOpen`] when another process or `Store` holds it,
     /// [`StoreError::Open`] or [`StoreError::CreateDir`] for anything else; each names the path.
     pub fn open(path: &Path, limits: KvLimits) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -98,6 +100,7 @@ impl Store {
                 source,
             })?;
         }
+        file::prepare(path)?;
         let db = Database::builder()
             .set_check_integrity_on_open(true)
             .create(path)

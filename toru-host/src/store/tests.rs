@@ -470,6 +470,33 @@ fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
     assert_refused_untouched(&dir, &noise);
 }
 
+#[test]
+fn an_empty_file_is_refused_as_damaged_not_made_a_new_database() {
+    let dir = TempDir::new().unwrap();
+    assert_refused_untouched(&dir, b"");
+    let err = Store::open(&dir.path().join("toru.redb"), KvLimits::default()).unwrap_err();
+    assert!(
+        std::error::Error::source(&err)
+            .is_some_and(|e| e.to_string().contains("the file is empty")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_file_is_made_private_and_an_existing_one_is_tightened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    assert_eq!(mode(&path), 0o600, "a new database is the owner's only");
+    within("close", store.close()).await.unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = open(&path);
+    assert_eq!(mode(&path), 0o600, "an existing one is tightened");
+    within("close", store.close()).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_second_open_of_the_same_file_is_refused() {
     let dir = TempDir::new().unwrap();

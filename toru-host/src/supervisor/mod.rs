@@ -430,7 +430,7 @@ impl Supervisor {
             Some(PluginState::Disabled) => {
                 // Persisted, so that the plugin stays disabled across restarts.
                 if let Err(e) = self.shared.config().set_enabled(&self.id, false) {
-                    tracing::error!(plugin.id = %self.id, error = %e, "cannot persist that the plugin is disabled");
+                    tracing::error!(plugin.id = %self.id, error = %crate::error::chain(&e), "cannot persist that the plugin is disabled");
                 }
                 None
             }

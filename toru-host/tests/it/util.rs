@@ -126,22 +126,10 @@ pub fn test_plugin_script(mode: &str, id: &str, env: &[(&str, &str)]) -> String 
     script
 }
 
-/// A binary of another workspace package, built by `cargo test --workspace` (or
-/// `cargo build --workspace`) before the tests run.
+/// A binary of another workspace package; built when missing (see
+/// [`toru_test_support::workspace_binary`]).
 pub fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace` (the README's test command does) first",
-        path.display()
-    );
-    path
+    toru_test_support::workspace_binary(name, name)
 }
 
 /// Starts a host from `builder` and waits for its first scan of the plugins folder.
@@ -209,20 +197,7 @@ pub async fn kinds_until(
     kinds
 }
 
-/// Whether a process with this pid exists (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state is the field after the parenthesised command name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
+pub use toru_test_support::alive;
 
 /// The running pid of plugin `id`.
 pub fn pid_of(host: &PluginHost, id: &str) -> u32 {

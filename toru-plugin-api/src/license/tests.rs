@@ -5,6 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ed25519_dalek::Signer as _;
 use hmac::Mac as _;
 use serde_json::{Value, json};
+use toru_test_support::{Mutation, Rng, mutate};
 
 use super::*;
 
@@ -464,50 +465,15 @@ fn signed_payload_that_is_not_license_json_refused() {
     }
 }
 
-/// xorshift64*: a small deterministic generator for the fuzz test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, key: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCXYZabcxyz0189-_.=+/ \n\t\"{}:,\\";
-    let mut bytes = key.as_bytes().to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(bytes.len() + 1);
-        match rng.below(6) {
-            0 if at < bytes.len() => bytes[at] = ALPHABET[rng.below(ALPHABET.len())],
-            1 if at < bytes.len() => {
-                bytes.remove(at);
-            }
-            2 => bytes.insert(at, ALPHABET[rng.below(ALPHABET.len())]),
-            3 => bytes.truncate(at),
-            4 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
-            _ => bytes.insert(at, rng.next() as u8),
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 #[test]
 fn fuzzed_keys_never_panic_and_never_pass_altered() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     for scheme in SCHEMES {
         let issuer = issuer(scheme, "v1");
         let policy = policy_for(&issuer);
         let key = issuer.issue(&claims());
         for _ in 0..5_000 {
-            let candidate = mutate(&mut rng, &key);
+            let candidate = mutate(&mut rng, &key, &Mutation::BINARY);
             let _ = decode(&candidate);
             if policy.verify(&candidate, PLUGIN, INSTANCE, T0).is_ok() {
                 let stripped: String = candidate

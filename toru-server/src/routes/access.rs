@@ -1,6 +1,7 @@
 //! Filters that decide who gets in: a session cookie or bearer secret, and a same-origin check
 //! for requests that change state.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use warp::http::Method;
@@ -8,6 +9,7 @@ use warp::{Filter, Rejection};
 
 use super::{ApiError, State, with_state};
 use crate::auth::Denied;
+use crate::edge::PeerAddr;
 
 /// The session cookie's name.
 pub(crate) const SESSION_COOKIE: &str = "toru_session";
@@ -57,7 +59,13 @@ fn credentials()
             )
         })
         .untuple_one()
-        .and(warp::addr::remote())
+        .and(peer())
+}
+
+/// The client's address: the TCP peer the edge put in the request (behind a reverse proxy, the
+/// proxy's address).
+pub(crate) fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
 }
 
 /// `Ok(true)` when in, `Ok(false)` when not, `Err(wait)` when the client must wait.

@@ -1,10 +1,13 @@
 //! The REST API under `/api` (behind authentication): plugins, their license keys, bundles, logs
 //! and events, and the instance.
 
+use std::str::FromStr;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use toru_host::{CallError, EventQuery, LimitOverrides, LogEntry, LogQuery};
+use toru_host::logs::LogError;
+use toru_host::{CallError, EventQuery, LimitOverrides, LogEntry, LogPage, LogQuery};
 use toru_plugin_api::protocol::Level;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -29,16 +32,16 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_state(state))
         .and_then(rescan);
-    let get = warp::path!("plugins" / String)
+    let get = warp::path!("plugins" / PluginId)
         .and(warp::get())
         .and(with_state(state))
-        .and_then(|id: String, state: State| async move {
+        .and_then(|PluginId(id), state: State| async move {
             state.host.get(&id).map(|info| json(&info)).map_err(reject)
         });
-    let enable = warp::path!("plugins" / String / "enable")
+    let enable = warp::path!("plugins" / PluginId / "enable")
         .and(warp::post())
         .and(with_state(state))
-        .and_then(|id: String, state: State| async move {
+        .and_then(|PluginId(id), state: State| async move {
             tracing::info!(plugin.id = %id, "enabling plugin");
             state
                 .host
@@ -47,10 +50,10 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
                 .map(|i| json(&i))
                 .map_err(reject)
         });
-    let disable = warp::path!("plugins" / String / "disable")
+    let disable = warp::path!("plugins" / PluginId / "disable")
         .and(warp::post())
         .and(with_state(state))
-        .and_then(|id: String, state: State| async move {
+        .and_then(|PluginId(id), state: State| async move {
             tracing::info!(plugin.id = %id, "disabling plugin");
             state
                 .host
@@ -59,7 +62,7 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
                 .map(|i| json(&i))
                 .map_err(reject)
         });
-    let license = warp::path!("plugins" / String / "license")
+    let license = warp::path!("plugins" / PluginId / "license")
         .and(warp::put())
         .and(body::json::<serde_json::Map<String, serde_json::Value>>(
             LICENSE_BODY_LIMIT.min(state.max_body_bytes),
@@ -68,7 +71,7 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and_then(set_license)
         .recover(super::error::settle)
         .unify();
-    let limits = warp::path!("plugins" / String / "limits")
+    let limits = warp::path!("plugins" / PluginId / "limits")
         .and(warp::put())
         .and(body::json::<serde_json::Value>(
             LIMITS_BODY_LIMIT.min(state.max_body_bytes),
@@ -77,17 +80,17 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and_then(set_limits)
         .recover(super::error::settle)
         .unify();
-    let bundle = warp::path!("plugins" / String / "bundle.js")
+    let bundle = warp::path!("plugins" / PluginId / "bundle.js")
         .and(warp::get())
         .and(warp::header::optional::<String>("if-none-match"))
         .and(with_state(state))
         .and_then(bundle);
-    let logs = warp::path!("plugins" / String / "logs")
+    let logs = warp::path!("plugins" / PluginId / "logs")
         .and(warp::get())
         .and(warp::query::<LogParams>())
         .and(with_state(state))
         .and_then(logs);
-    let plugin_events = warp::path!("plugins" / String / "events")
+    let plugin_events = warp::path!("plugins" / PluginId / "events")
         .and(warp::get())
         .and(warp::query::<EventParams>())
         .and(with_state(state))
@@ -128,6 +131,21 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// A plugin id from the path, percent-decoded: a plugin that failed to load is listed by its
+/// file name, which may hold spaces, `#`, `%` or any other character, and the dashboard encodes
+/// ids with `encodeURIComponent`. A path whose decoding is not UTF-8 matches no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PluginId(String);
+
+impl FromStr for PluginId {
+    type Err = std::str::Utf8Error;
+
+    fn from_str(segment: &str) -> Result<Self, Self::Err> {
+        let id = percent_encoding::percent_decode_str(segment).decode_utf8()?;
+        Ok(PluginId(id.into_owned()))
+    }
+}
+
 fn json(value: &impl Serialize) -> Response {
     warp::reply::json(value).into_response()
 }
@@ -149,7 +167,7 @@ async fn rescan(state: State) -> Result<Response, Rejection> {
 /// `PUT /api/plugins/:id/license` with `{"license_key": "..."}` stores a key, and with `null` or
 /// a blank string removes it; the plugin is restarted, so that it checks the key at once.
 async fn set_license(
-    id: String,
+    PluginId(id): PluginId,
     body: serde_json::Map<String, serde_json::Value>,
     state: State,
 ) -> Result<Response, Rejection> {
@@ -192,7 +210,7 @@ async fn set_license(
 /// default; `{}` goes back to the defaults) and restarts it, so that they apply at once. A
 /// value that is not valid is a 400 naming every bad field (`error.fields`).
 async fn set_limits(
-    id: String,
+    PluginId(id): PluginId,
     body: serde_json::Value,
     state: State,
 ) -> Result<Response, Rejection> {
@@ -220,7 +238,7 @@ async fn set_limits(
 
 /// The plugin's JavaScript module, with an ETag; 304 when the client has it.
 async fn bundle(
-    id: String,
+    PluginId(id): PluginId,
     if_none_match: Option<String>,
     state: State,
 ) -> Result<Response, Rejection> {
@@ -299,17 +317,32 @@ struct LogPageJson {
     has_more: bool,
 }
 
-async fn logs(id: String, params: LogParams, state: State) -> Result<Response, Rejection> {
+async fn logs(
+    PluginId(id): PluginId,
+    params: LogParams,
+    state: State,
+) -> Result<Response, Rejection> {
     state.host.get(&id).map_err(reject)?;
     let query = LogQuery {
         page: params.page,
         page_size: params.page_size,
         min_level: params.level,
     };
-    let page = state.host.logs(&id, &query).await.map_err(|e| {
-        tracing::error!(plugin.id = %id, error = %e, "cannot read plugin logs");
-        ApiError::internal().reject()
-    })?;
+    let page = match state.host.logs(&id, &query).await {
+        Ok(page) => page,
+        // A plugin listed by a file name that cannot name a log file (it failed to load, so it
+        // never logged).
+        Err(LogError::InvalidPluginId(_)) => LogPage {
+            entries: Vec::new(),
+            page: query.page,
+            page_size: query.effective_page_size(),
+            has_more: false,
+        },
+        Err(e) => {
+            tracing::error!(plugin.id = %id, error = %e, "cannot read plugin logs");
+            return Err(ApiError::internal().reject());
+        }
+    };
     Ok(json(&LogPageJson {
         entries: page.entries,
         page: page.page,
@@ -327,7 +360,7 @@ struct EventParams {
 }
 
 async fn plugin_events(
-    id: String,
+    PluginId(id): PluginId,
     params: EventParams,
     state: State,
 ) -> Result<Response, Rejection> {
@@ -347,6 +380,20 @@ async fn plugin_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_ids_are_percent_decoded() {
+        let id = |s: &str| s.parse::<PluginId>().map(|PluginId(id)| id);
+        assert_eq!(id("hello-rust").unwrap(), "hello-rust");
+        assert_eq!(
+            id("broken%20plugin%20%231%25.binary").unwrap(),
+            "broken plugin #1%.binary"
+        );
+        assert_eq!(id("caf%C3%A9.binary").unwrap(), "café.binary");
+        // A stray `%` stays as it is, as browsers send it.
+        assert_eq!(id("100%.binary").unwrap(), "100%.binary");
+        assert!(id("%FF.binary").is_err(), "not UTF-8");
+    }
 
     #[test]
     fn if_none_match_lists_and_weak_tags_match() {

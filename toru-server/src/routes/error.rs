@@ -176,12 +176,38 @@ impl From<ManageError> for ApiError {
             ManageError::UnknownPlugin(id) => Self::unknown_plugin(id),
             ManageError::NotLoadable { id, .. } => Self::not_loadable(id),
             ManageError::ShuttingDown => shutting_down(),
+            ManageError::Config(config) => {
+                tracing::error!(error = %chain(&e), "cannot save a plugin change");
+                // The admin asked for the change and must know it did not happen, and why (a
+                // full disk, a read-only folder); the OS error names no secret.
+                let why = std::error::Error::source(config)
+                    .map_or_else(|| config.to_string(), ToString::to_string);
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "config_not_saved",
+                    format!(
+                        "the change could not be saved in config.json ({why}); nothing was changed"
+                    ),
+                )
+            }
             _ => {
-                tracing::error!(error = %e, "managing a plugin failed");
+                tracing::error!(error = %chain(&e), "managing a plugin failed");
                 Self::internal()
             }
         }
     }
+}
+
+/// An error and its causes, `: `-separated, for the log.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn shutting_down() -> ApiError {
@@ -271,6 +297,28 @@ mod tests {
             .with_retry_after(Duration::ZERO)
             .into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn a_config_that_cannot_be_saved_says_why() {
+        let e = ManageError::Config(toru_host::ConfigError::Io {
+            path: "/srv/plugins/.metadata/config.json".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        assert!(
+            chain(&e).contains("No space left on device"),
+            "{}",
+            chain(&e)
+        );
+        let api = ApiError::from(e);
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(api.code, "config_not_saved");
+        assert!(
+            api.message.contains("No space left on device"),
+            "{}",
+            api.message
+        );
+        assert!(!api.message.contains("/srv"), "{}", api.message);
     }
 
     #[test]

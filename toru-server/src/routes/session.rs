@@ -25,7 +25,7 @@ struct Login {
 pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
     let login = warp::path!("login")
         .and(warp::post())
-        .and(warp::addr::remote())
+        .and(super::access::peer())
         .and(forwarded_https())
         .and(body::json::<Login>(LOGIN_BODY_LIMIT))
         .and(with_state(state))

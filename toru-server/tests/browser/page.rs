@@ -274,8 +274,9 @@ impl Browser {
             .await;
     }
 
-    /// Saves a screenshot into `docs/images/` (or `$TORU_SCREENSHOT_DIR`) once every finite
-    /// animation (a toast sliding in, a panel opening) has finished.
+    /// Saves a screenshot into `target/screenshots/` (or `$TORU_SCREENSHOT_DIR`) once every
+    /// finite animation (a toast sliding in, a panel opening) has finished; with
+    /// `UPDATE_SCREENSHOTS=1`, copies it into `docs/images/` too (the README shows those).
     pub(crate) async fn shot(&self, name: &str) {
         self.wait_js(
             "animations to finish before a screenshot",
@@ -285,11 +286,22 @@ impl Browser {
         .await;
         let dir = std::env::var_os("TORU_SCREENSHOT_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images"));
+            .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("../screenshots"));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         if let Err(e) = self.driver.screenshot(&path).await {
             eprintln!("cannot save {}: {e}", path.display());
+            return;
+        }
+        if std::env::var_os("UPDATE_SCREENSHOTS").is_some_and(|v| v == "1") {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images");
+            if let Err(e) = std::fs::copy(&path, docs.join(name)) {
+                eprintln!(
+                    "cannot copy {} into {}: {e}",
+                    path.display(),
+                    docs.display()
+                );
+            }
         }
     }
 }

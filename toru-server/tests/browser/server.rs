@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -127,41 +126,7 @@ impl Drop for Server {
 /// The Rust example plugin, next to `toru-server` (e.g. `target/debug/`); built there first
 /// when it is missing (`cargo test -p toru-server` alone does not build it).
 fn rust_plugin() -> PathBuf {
-    static BUILT: Mutex<()> = Mutex::new(());
-    let server = Path::new(env!("CARGO_BIN_EXE_toru-server"));
-    let bin = server.with_file_name(format!("hello-plugin-rust{}", std::env::consts::EXE_SUFFIX));
-    let _once = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !bin.exists() {
-        let dir = server.parent().expect("a target folder");
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let target_dir = dir.parent().expect("a target folder");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        eprintln!(
-            "browser tests: building hello-plugin-rust ({profile}) into {}",
-            target_dir.display()
-        );
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "hello-plugin-rust",
-                "--profile",
-                profile,
-                "--target-dir",
-            ])
-            .arg(target_dir)
-            .status()
-            .expect("cargo runs");
-        assert!(
-            status.success(),
-            "cargo build -p hello-plugin-rust failed: {status}"
-        );
-    }
-    assert!(bin.exists(), "{} is missing after the build", bin.display());
-    bin
+    toru_test_support::workspace_binary("hello-plugin-rust", "hello-plugin-rust")
 }
 
 /// The Python example's source with another id, route, name and frontend bundle.

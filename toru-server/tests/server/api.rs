@@ -280,3 +280,49 @@ async fn instance_health_metrics_and_the_ui_files() {
     }
     server.stop().await;
 }
+
+/// A plugin that failed to load is listed by its file name, which may need percent-encoding in a
+/// path; the dashboard encodes ids with `encodeURIComponent`, and so does this test.
+#[tokio::test]
+async fn a_plugin_listed_by_a_file_name_that_needs_encoding_is_reachable() {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    /// What `encodeURIComponent` leaves as it is.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'!')
+        .remove(b'~')
+        .remove(b'*')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')');
+    let env = Env::new();
+    let name = "broken plugin #1 100%?é.binary";
+    env.install_file(name, b"#!/bin/sh\nexit 3\n");
+    let server = Server::start(&env, &[]).await;
+    let list = server.listed(1).await;
+    let id = list["plugins"][0]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(id, name, "{list}");
+    let encoded = utf8_percent_encode(&id, COMPONENT).to_string();
+
+    let info = server.plugin(&encoded).await;
+    assert_eq!(info["id"], name);
+    assert!(info["load_error"].is_string(), "{info}");
+    for action in ["enable", "disable"] {
+        let r = server
+            .post(&format!("/api/plugins/{encoded}/{action}"))
+            .await;
+        assert_eq!(r.status(), 409, "{action}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_loadable", "{body}");
+    }
+    let logs = server.json(&format!("/api/plugins/{encoded}/logs")).await;
+    assert_eq!(logs["entries"], serde_json::json!([]), "{logs}");
+    let events = server.json(&format!("/api/plugins/{encoded}/events")).await;
+    assert!(events["events"].is_array(), "{events}");
+    // Not decoded twice: `%2520` is the id `%20`, which does not exist.
+    let r = server.get("/api/plugins/broken%2520plugin").await;
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}

@@ -1,5 +1,6 @@
-//! Authentication: on by default, bearer and session cookie, logout, the limit on failed logins,
-//! cross-site requests refused, credentials never forwarded, and the generated secret.
+//! Authentication: on by default, bearer and session cookie, logout, wrong secrets slowed and
+//! limited while the right one always gets in, cross-site requests refused, credentials never
+//! forwarded, and the generated secret.
 
 use reqwest::Method;
 use reqwest::header::{COOKIE, SET_COOKIE};
@@ -165,36 +166,126 @@ async fn a_login_session_cookie_works_until_logout() {
     server.stop().await;
 }
 
+/// A login attempt from this test's address; the status and, for a 429, its `Retry-After`.
+async fn try_login(server: &Server, secret: &str) -> (u16, Option<u64>) {
+    let r = server
+        .anon(Method::POST, "/api/login")
+        .json(&json!({ "secret": secret }))
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (r.status().as_u16(), retry)
+}
+
+/// An attacker hammers wrong secrets from the admin's own address (as every client behind a
+/// reverse proxy shares the proxy's): they are answered 401, then 429, never faster; the admin
+/// then logs in at once, with the secret from `TORU_ADMIN_SECRET` and with a stored one.
 #[tokio::test]
-async fn failed_logins_are_limited_per_client() {
-    let env = Env::new();
-    let server = Server::start(&env, &[]).await;
-    for i in 0..5 {
+async fn wrong_secrets_are_slowed_and_limited_but_the_right_one_always_gets_in() {
+    for stored in [false, true] {
+        let env = Env::new();
+        let server = if stored {
+            Server::start_with(&env, &[], None).await
+        } else {
+            Server::start(&env, &[]).await
+        };
+        let secret = if stored {
+            let line = server
+                .banner
+                .iter()
+                .find_map(|l| l.strip_prefix("admin secret (shown only now; keep it): "))
+                .expect("the generated secret");
+            line.to_owned()
+        } else {
+            SECRET.to_owned()
+        };
+        let attempts = (0..20).map(|i| {
+            let server = &server;
+            async move {
+                if i % 2 == 0 {
+                    try_login(server, &format!("guess-{i}")).await
+                } else {
+                    let r = server
+                        .anon(Method::GET, "/api/plugins")
+                        .bearer_auth(format!("guess-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().parse().unwrap());
+                    (r.status().as_u16(), retry)
+                }
+            }
+        });
+        let answers = futures_util::future::join_all(attempts).await;
+        let refused = answers.iter().filter(|(status, _)| *status == 401).count();
+        assert_eq!(
+            refused, 5,
+            "five wrong secrets a minute are 401: {answers:?}"
+        );
+        for (status, retry) in &answers {
+            match status {
+                401 => assert_eq!(*retry, None),
+                429 => assert!(
+                    retry.is_some_and(|r| (1..=60).contains(&r)),
+                    "Retry-After {retry:?}"
+                ),
+                other => panic!("a wrong secret answered {other}"),
+            }
+        }
+        // The admin, from the same address, at once.
+        let (cookie, _) = login(&server, &secret).await;
         let r = server
-            .anon(Method::POST, "/api/login")
-            .json(&json!({"secret": format!("guess-{i}")}))
+            .anon(Method::GET, "/api/plugins")
+            .bearer_auth(&secret)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 401, "guess {i}");
-    }
-    for secret in ["guess-5", SECRET] {
+        assert_eq!(r.status(), 200, "the bearer secret works during the attack");
         let r = server
-            .anon(Method::POST, "/api/login")
-            .json(&json!({ "secret": secret }))
+            .anon(Method::GET, "/api/plugins")
+            .header(COOKIE, cookie)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 429, "locked out, whatever the guess");
-        let retry: u64 = r.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
+        assert_eq!(r.status(), 200, "so does the session");
+        // The attacker is still limited.
+        let (status, retry) = try_login(&server, "guess-again").await;
+        assert_eq!(status, 429);
+        assert!(retry.is_some());
+        let r = server
+            .anon(Method::POST, "/api/login")
+            .json(&json!({"secret": "guess-again"}))
+            .send()
+            .await
             .unwrap();
-        assert!((1..=60).contains(&retry), "Retry-After {retry}");
         assert_eq!(code(r).await, "too_many_attempts");
+        server.stop().await;
     }
-    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_admin_secret_in_the_environment_is_refused_at_start() {
+    let env = Env::new();
+    let out = tokio::process::Command::new(crate::util::server_bin())
+        .arg("serve")
+        .args(env.args())
+        .env("TORU_ADMIN_SECRET", "short-secret")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TORU_ADMIN_SECRET is 12 characters long; it must be at least 16"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -316,17 +407,29 @@ async fn a_generated_secret_is_shown_once_stored_hashed_and_reset_on_demand() {
     assert_eq!(r.status(), 200, "the printed secret works");
     server.stop().await;
 
-    // Stored as an argon2id hash, never in the clear.
+    // Stored as an argon2id hash and a SHA-256 digest, never in the clear.
+    let sha256 = |text: &str| -> String {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     {
         let store =
             toru_host::Store::open(&env.data().join("toru.redb"), Default::default()).unwrap();
         let hash = store.setting("admin_secret_hash").unwrap().expect("a hash");
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(!hash.contains(&secret));
+        let digest = store.setting("admin_secret_sha256").unwrap();
+        assert_eq!(digest, Some(sha256(&secret)));
+        // As a database written before digests existed: the hash alone.
+        store.set_setting("admin_secret_sha256", "").await.unwrap();
         store.close().await.unwrap();
     }
 
-    // Not shown again, and still the secret.
+    // Not shown again, and still the secret (checked with the hash, whose digest is then
+    // stored).
     let server = Server::start_with(&env, &[], None).await;
     assert!(
         !server.banner.iter().any(|l| l.contains(&secret)),
@@ -341,6 +444,13 @@ async fn a_generated_secret_is_shown_once_stored_hashed_and_reset_on_demand() {
         .unwrap();
     assert_eq!(r.status(), 200);
     server.stop().await;
+    {
+        let store =
+            toru_host::Store::open(&env.data().join("toru.redb"), Default::default()).unwrap();
+        let digest = store.setting("admin_secret_sha256").unwrap();
+        assert_eq!(digest, Some(sha256(&secret)), "learnt from the hash");
+        store.close().await.unwrap();
+    }
 
     let out = tokio::process::Command::new(crate::util::server_bin())
         .arg("reset-admin-secret")

@@ -22,19 +22,10 @@ pub(crate) fn server_bin() -> &'static str {
     env!("CARGO_BIN_EXE_toru-server")
 }
 
-/// A binary of another workspace package, next to this test's own binary
-/// (`target/<profile>/deps/server-<hash>` -> `target/<profile>/<name>`). `cargo test --workspace`
-/// builds it before the tests run; `cargo build -p <package>` does too.
+/// A binary of another workspace package, next to this test's own binary; built when missing
+/// (see [`toru_test_support::workspace_binary`]).
 pub(crate) fn workspace_binary(package: &str, name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build -p {package}` (or `cargo test --workspace`) first",
-        path.display()
-    );
-    path
+    toru_test_support::workspace_binary(package, name)
 }
 
 /// A temp folder with `plugins/`, `data/` and `logs/`.
@@ -142,7 +133,31 @@ impl Server {
 
     /// Starts `toru-server serve`; `secret` is `TORU_ADMIN_SECRET` (none: the stored one).
     pub(crate) async fn start_with(env: &Env, extra: &[&str], secret: Option<&str>) -> Server {
-        let mut cmd = Command::new(server_bin());
+        Server::launch(env, extra, secret, None).await
+    }
+
+    /// Starts `toru-server serve` with the test secret under an open-file limit of `nofile`
+    /// (soft and hard, as a service manager sets it).
+    pub(crate) async fn start_limited(env: &Env, extra: &[&str], nofile: u64) -> Server {
+        Server::launch(env, extra, Some(SECRET), Some(nofile)).await
+    }
+
+    async fn launch(
+        env: &Env,
+        extra: &[&str],
+        secret: Option<&str>,
+        nofile: Option<u64>,
+    ) -> Server {
+        let mut cmd = match nofile {
+            None => Command::new(server_bin()),
+            Some(n) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(server_bin());
+                sh
+            }
+        };
         cmd.arg("serve")
             .args(env.args())
             .args(extra)
@@ -232,6 +247,29 @@ impl Server {
             }
         }
         self.json(&path).await
+    }
+
+    /// `/api/plugins` once it lists at least `n` plugins (the folder is scanned after the server
+    /// starts listening).
+    pub(crate) async fn listed(&self, n: usize) -> Value {
+        let count = |list: &Value| list["plugins"].as_array().map_or(0, Vec::len);
+        let list = self.json("/api/plugins").await;
+        if count(&list) >= n {
+            return list;
+        }
+        // Subscribe, then look again: a discovery between the two is not missed.
+        let mut events = self.events().await;
+        loop {
+            let list = self.json("/api/plugins").await;
+            if count(&list) >= n {
+                return list;
+            }
+            events
+                .wait_for(&format!("{n} plugins to be listed"), |kind, _| {
+                    kind == "plugin"
+                })
+                .await;
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -357,19 +395,7 @@ impl Events {
     }
 }
 
-/// Whether a process with this pid exists (and is not a zombie).
-pub(crate) fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|s| s.split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
+pub(crate) use toru_test_support::alive;
 
 /// Waits until `file` contains `needle`, woken by inotify on its folder (the host writes logs
 /// from a thread, a little after the event that causes them).
