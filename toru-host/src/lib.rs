@@ -29,6 +29,7 @@
 //! so this crate is Linux-only.
 #![deny(missing_docs)]
 
+mod body;
 mod builder;
 mod check;
 mod config;
@@ -36,6 +37,7 @@ mod connection;
 mod discovery;
 pub mod error;
 pub mod events;
+mod headers;
 mod host;
 pub mod logs;
 mod process;
@@ -44,13 +46,24 @@ mod shared;
 mod state;
 pub mod store;
 mod supervisor;
+mod websocket;
 
+pub use body::{BodyError, BodyStream, PluginBody};
 pub use builder::PluginHostBuilder;
 pub use check::{CheckReport, CheckStep, check_plugin};
-pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
+pub use error::{
+    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, SpawnError, StartError,
+    error_response,
+};
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
-pub use host::{PluginHost, PluginInfo, PluginState};
+pub use host::{ForwardedTo, PluginHost, PluginInfo, PluginState};
+/// The `http` crate this one speaks, so that an application uses the same version.
+pub use http;
 pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
 pub use request::{PluginRequest, PluginResponse};
 pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};
 pub use supervisor::{HealthPolicy, RestartPolicy};
+pub use websocket::{
+    BridgeMessage, ClientFrame, WebSocketSession, WsClosed, WsEvent, WsMessage, WsReceiver,
+    WsSender, WsUpgrade,
+};

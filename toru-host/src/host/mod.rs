@@ -1,6 +1,7 @@
 //! [`PluginHost`]: the cloneable handle an application (or `toru-server`) uses.
 
 mod calls;
+mod forward;
 mod manage;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use toru_plugin_api::protocol::now_millis;
 use uuid::Uuid;
 
 pub use crate::state::{PluginInfo, PluginState};
+pub use calls::ForwardedTo;
 
 use crate::builder::{PluginHostBuilder, create_dir};
 use crate::config::Config;
@@ -141,6 +143,13 @@ impl PluginHost {
         &self.shared.settings.plugin_dir
     }
 
+    /// The largest WebSocket message either way, in bytes (the builder's
+    /// [`max_ws_message_bytes`](crate::PluginHostBuilder::max_ws_message_bytes)), for a
+    /// framework that reads the client's messages itself.
+    pub fn max_ws_message_bytes(&self) -> usize {
+        self.shared.settings.max_ws_message_bytes
+    }
+
     /// The folder the host writes logs to (after any fallback).
     pub fn log_dir(&self) -> &Path {
         &self.shared.log_dir
@@ -212,8 +221,10 @@ impl PluginHost {
         self.shared.logs.query(id, query).await
     }
 
-    /// Stops every plugin (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits
-    /// for the host's tasks, and closes the database. Calls after the first return at once.
+    /// Ends every open stream (a WebSocket is closed with 1001 both ways; an HTTP response
+    /// being streamed is cut off and its plugin gets `cancel`), stops every plugin
+    /// (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits for the host's
+    /// tasks, and closes the database. Calls after the first return at once.
     pub async fn shutdown(&self) {
         let runners: Vec<_> = {
             let mut reg = self.shared.registry();
@@ -221,6 +232,9 @@ impl PluginHost {
                 Vec::new()
             } else {
                 reg.shutting_down = true;
+                for conn in reg.plugins.values().filter_map(|e| e.conn.as_ref()) {
+                    conn.end_streams();
+                }
                 reg.plugins
                     .values_mut()
                     .filter_map(|e| e.runner.take())

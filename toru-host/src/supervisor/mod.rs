@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 pub use policy::{HealthPolicy, RestartPolicy};
 
-use crate::connection::{CallFailure, Connection, Reply};
+use crate::connection::{CallFailure, CloseReason, Connection, Reply};
 use crate::events::{EventKind, ExitStatus, PluginEvent};
 use crate::process::{self, kill_group};
 use crate::shared::Shared;
@@ -234,7 +234,7 @@ async fn run_once(
     enum End {
         Stop,
         Exited(std::process::ExitStatus),
-        Broken(String),
+        Broken(CloseReason),
         Hung(String),
     }
     let end = tokio::select! {
@@ -252,9 +252,11 @@ async fn run_once(
     let ran_for = ready_at.elapsed();
     let (reason, exit) = match end {
         End::Stop => {
+            // Open WebSockets get 1001 ("going away"), streamed responses end.
+            conn.end_streams();
             let _ = conn.send(&Message::new(None, Payload::Shutdown)).await;
             let exit = process::stop(&mut child, pid, shared.settings.stop_grace).await;
-            conn.close("the host stopped the plugin");
+            conn.close(CloseReason::HostStopped);
             finish_capture(capture).await;
             end_process(shared, id, pid, &socket);
             shared.logs.supervisor(
@@ -267,7 +269,7 @@ async fn run_once(
             return Outcome::Stopped;
         }
         End::Exited(status) => {
-            conn.close("the plugin process exited");
+            conn.close(CloseReason::ProcessExited);
             kill_group(Some(pid), rustix::process::Signal::KILL);
             let exit = ExitStatus::from(status);
             (format!("plugin exited unexpectedly with {exit}"), exit)
@@ -280,18 +282,22 @@ async fn run_once(
                 Ok(status) => {
                     kill_group(Some(pid), rustix::process::Signal::KILL);
                     let exit = ExitStatus::from(status);
-                    let reason = if reason == crate::connection::CLOSED_BY_PLUGIN {
-                        format!("plugin exited unexpectedly with {exit}")
-                    } else {
-                        reason
+                    let reason = match reason {
+                        CloseReason::ClosedByPlugin => {
+                            format!("plugin exited unexpectedly with {exit}")
+                        }
+                        other => other.to_string(),
                     };
                     (reason, exit)
                 }
-                Err(_) => (reason, process::stop(&mut child, pid, Duration::ZERO).await),
+                Err(_) => (
+                    reason.to_string(),
+                    process::stop(&mut child, pid, Duration::ZERO).await,
+                ),
             }
         }
         End::Hung(reason) => {
-            conn.close(reason.clone());
+            conn.close(CloseReason::Unhealthy(reason.clone()));
             kill_group(Some(pid), rustix::process::Signal::KILL);
             let exit = ExitStatus::from(process::wait_reaped(&mut child).await);
             shared.logs.supervisor(

@@ -10,12 +10,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{CowStr, Init, Payload, VersionRange, error_code};
 
-use crate::connection::{CallFailure, Connection, Reply, Services};
+use crate::connection::{CallFailure, CloseReason, Connection, Reply, Services, StreamLimits};
 use crate::events::ExitStatus;
 use crate::shared::Shared;
 
-/// The protocol versions the host offers. Streams (protocol 2) are not served yet.
-pub(crate) const HOST_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+/// The protocol versions the host offers: 1, and 2 with streams.
+pub(crate) const HOST_VERSIONS: VersionRange = VersionRange::SUPPORTED;
 
 /// Why a start did not reach `ready`.
 #[derive(Debug)]
@@ -72,7 +72,8 @@ pub(super) async fn handshake(
             kv: shared.store.kv(id),
             logs: shared.logs.clone(),
         };
-        let conn = Connection::start(id, stream, shared.codec, services);
+        let limits = StreamLimits::from_settings(&shared.settings);
+        let conn = Connection::start(id, stream, shared.codec, services, limits);
         let settings = shared
             .config()
             .plugin(id)
@@ -122,9 +123,16 @@ pub(super) async fn handshake(
         Err(CallFailure::TooLarge { len, max }) => {
             StartFailure::Protocol(format!("init of {len} bytes exceeds the {max}-byte limit"))
         }
+        // `init` does not count against the limit on streams.
+        Err(CallFailure::TooManyStreams { limit }) => {
+            StartFailure::Protocol(format!("init found {limit} requests open"))
+        }
         Err(CallFailure::Closed) => {
             // Closed because the plugin exited (say why) or broke the protocol (say that).
-            let reason = conn.close_reason().unwrap_or_default();
+            let reason = conn
+                .close_reason()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
             let grace = Duration::from_secs(1);
             match tokio::time::timeout(grace, crate::process::wait_reaped(child)).await {
                 Ok(status) => StartFailure::Exited(status.into()),
@@ -132,7 +140,7 @@ pub(super) async fn handshake(
             }
         }
     };
-    conn.close(failure.to_string());
+    conn.close(CloseReason::StartFailed(failure.to_string()));
     Err(failure)
 }
 
