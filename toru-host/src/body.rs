@@ -164,7 +164,7 @@ impl PluginBody {
     ///
     /// # Errors
     /// [`BodyError::TooLarge`] past `limit`, else how the body ended early.
-    pub async fn collect(mut self, limit: u64) -> Result<Bytes, BodyError> {
+    pub async fn read_all(mut self, limit: u64) -> Result<Bytes, BodyError> {
         if let Inner::Full(b) = &mut self.inner {
             let b = b.take().unwrap_or_default();
             if b.len() as u64 > limit {

@@ -233,9 +233,10 @@ impl Stream {
         self.end(StreamEnd::WsClosed { code, reason });
     }
 
-    /// Cuts the stream off: what was not consumed is dropped, the caller gets the reason.
+    /// Cuts the stream off: the caller gets what was queued (at most the window), then the
+    /// reason. A WebSocket whose reader fell too far behind loses its queue at once.
     pub(crate) fn abort(&self, why: Abort) {
-        {
+        if matches!(why, Abort::TooManyMessages) {
             let mut s = self.lock();
             s.inbox.clear();
             s.tail = BytesMut::new();

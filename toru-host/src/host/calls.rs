@@ -99,7 +99,7 @@ impl PluginHost {
         let response = self.stream(id, http).await?;
         let (parts, body) = response.into_parts();
         let limit = self.shared.settings.max_body_bytes;
-        let body = body.collect(limit).await.map_err(|e| match e {
+        let body = body.read_all(limit).await.map_err(|e| match e {
             crate::BodyError::TooLarge { limit } => CallError::ResponseTooLarge {
                 id: id.to_owned(),
                 limit,

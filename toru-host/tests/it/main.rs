@@ -8,5 +8,7 @@ mod kv;
 mod lifecycle;
 mod logs;
 mod orphans;
+mod streams;
 mod supervision;
 mod util;
+mod websocket;
