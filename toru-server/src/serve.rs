@@ -93,7 +93,13 @@ pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
         .data_dir(&args.data_dir)
         .request_timeout(args.request_timeout)
         .start_timeout(args.start_timeout)
-        .stop_grace(args.stop_grace);
+        .stop_grace(args.stop_grace)
+        .max_body_bytes(args.max_body_bytes)
+        .max_upload_bytes(args.max_upload_bytes)
+        .stream_idle_timeout(args.stream_idle_timeout)
+        .max_streams_per_plugin(args.max_streams_per_plugin)
+        .max_ws_message_bytes(args.max_ws_message_bytes)
+        .protected_cookies([crate::routes::SESSION_COOKIE]);
     if let Some(dir) = &args.log_dir {
         builder.log_dir(dir);
     }
