@@ -8,4 +8,5 @@ mod errors;
 mod license;
 mod lifecycle;
 mod routes;
+mod streams;
 mod util;

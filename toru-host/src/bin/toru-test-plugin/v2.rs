@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use sha2::Digest;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -206,15 +205,13 @@ impl Plugin {
         let _ = self.out.send(Out::Message(Message::new(id, payload)));
     }
 
-    /// Writes a line to the test's notify socket, if it gave one.
+    /// Writes a line to the test's notify socket, if it gave one, before going on (a
+    /// `shutdown` may follow at once and end the process).
     fn tell(&self, line: String) {
-        if let Some(path) = &self.notify {
-            let path = path.clone();
-            tokio::spawn(async move {
-                if let Ok(mut s) = UnixStream::connect(&path).await {
-                    let _ = s.write_all(format!("{line}\n").as_bytes()).await;
-                }
-            });
+        if let Some(path) = &self.notify
+            && let Ok(mut s) = std::os::unix::net::UnixStream::connect(path)
+        {
+            let _ = std::io::Write::write_all(&mut s, format!("{line}\n").as_bytes());
         }
     }
 
