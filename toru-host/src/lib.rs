@@ -25,6 +25,34 @@
 //! # }
 //! ```
 //!
+//! # Serving plugin routes from a web framework
+//!
+//! [`PluginHost::forward`] serves a whole plugin route in one call: it takes an
+//! `http::Request` of any body and answers an `http::Response<`[`PluginBody`]`>` that hyper,
+//! axum or warp can serve as it is, with bodies streamed both ways, every error mapped to a
+//! status and JSON, and WebSocket upgrades bridged when hyper's `OnUpgrade` is in the request:
+//!
+//! ```no_run
+//! # async fn demo(host: toru_host::PluginHost) {
+//! // axum: Router::new().route("/plugins/{*rest}", any(move |req: Request| {
+//! //     let host = host.clone();
+//! //     async move { host.forward(req, "/plugins").await }
+//! // }))
+//! let request = toru_host::http::Request::get("/plugins/hello-rust/echo?x=1")
+//!     .body(http_body_util::Empty::<bytes::Bytes>::new())
+//!     .unwrap();
+//! let response = host.forward(request, "/plugins").await;
+//! println!("{}", response.status());
+//! # }
+//! ```
+//!
+//! [`PluginHost::stream`] is the same call for one plugin with the errors as [`CallError`]s,
+//! [`PluginHost::websocket`] offers an upgrade to a plugin for frameworks that do the handshake
+//! themselves, and [`PluginHost::request`] reads a whole response. The library applies the header
+//! rules for every caller: credentials and hop-by-hop headers never reach a plugin, a plugin
+//! cannot set a [protected cookie](PluginHostBuilder::protected_cookies), and its pages are
+//! sandboxed (`docs/architecture.md`, "The data path").
+//!
 //! Every plugin runs in its own process group and dies with the host (the parent-death signal),
 //! so this crate is Linux-only.
 #![deny(missing_docs)]
