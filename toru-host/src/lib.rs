@@ -65,6 +65,8 @@ mod connection;
 mod discovery;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod headers;
 mod host;
 pub mod logs;

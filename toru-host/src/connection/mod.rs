@@ -666,13 +666,27 @@ fn dispatch(conn: &Connection, frame: &Frame, services: &Services) -> Result<(),
     Ok(())
 }
 
-/// An `http_response`: checked, then handed to its stream or its waiting caller.
-fn on_response(
-    conn: &Connection,
-    id: Option<RequestId>,
+/// An `http_response` after the host's checks.
+#[derive(Debug)]
+pub(crate) enum Checked {
+    Head(ResponseHead),
+    /// Over the limits on response heads (the plugin carries on; the client gets 502).
+    TooLarge {
+        headers: usize,
+        bytes: usize,
+        /// The plugin meant a body to follow (it is cancelled).
+        body_follows: bool,
+    },
+}
+
+/// Checks an `http_response` against the protocol and the host's limits. An `Err` breaks the
+/// protocol. Pure, so that the fuzz target can run it.
+pub(crate) fn check_response(
     frame: &Frame,
     r: HttpResponse<'_>,
-) -> Result<(), CloseReason> {
+    limits: &StreamLimits,
+    streams: bool,
+) -> Result<Checked, CloseReason> {
     if !(100..=999).contains(&r.status) {
         return Err(protocol(format!(
             "plugin sent an invalid HTTP status {}",
@@ -690,35 +704,15 @@ fn on_response(
             })?),
             (None, None) => Bytes::new(),
         };
-    let stream = conn.stream(id);
-    if stream.as_ref().is_some_and(|s| s.has_head()) {
-        // A second head: the request is no longer outstanding, so the reply is ignored.
-        return Ok(());
-    }
-    let limits = &conn.inner.limits;
     let head_bytes: usize = r.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
     if r.headers.len() > limits.max_head_headers || head_bytes > limits.max_head_bytes {
-        let (headers, bytes) = (r.headers.len(), head_bytes);
-        tracing::warn!(
-            headers,
-            bytes,
-            "plugin's response head is over the host's limits"
-        );
-        match stream {
-            Some(stream) => {
-                let body_follows = r.end_stream == Some(false);
-                stream.head(HeadOutcome::TooLarge { headers, bytes }, false);
-                if body_follows {
-                    conn.send_cancel(stream.id);
-                }
-                conn.remove_stream(stream.id);
-            }
-            None => conn.deliver(id, Reply::HeadTooLarge { headers, bytes }),
-        }
-        return Ok(());
+        return Ok(Checked::TooLarge {
+            headers: r.headers.len(),
+            bytes: head_bytes,
+            body_follows: r.end_stream == Some(false),
+        });
     }
-    let streaming = conn.streams() && r.end_stream == Some(false);
-    let head = ResponseHead {
+    Ok(Checked::Head(ResponseHead {
         status: r.status,
         headers: r
             .headers
@@ -726,15 +720,53 @@ fn on_response(
             .map(|(n, v)| (n.into_string(), v.into_string()))
             .collect(),
         body,
-        streaming,
-    };
-    match stream {
-        Some(stream) => {
-            if stream.head(HeadOutcome::Head(head), streaming) {
-                conn.remove_stream(stream.id);
+        streaming: streams && r.end_stream == Some(false),
+    }))
+}
+
+/// An `http_response`: checked, then handed to its stream or its waiting caller.
+fn on_response(
+    conn: &Connection,
+    id: Option<RequestId>,
+    frame: &Frame,
+    r: HttpResponse<'_>,
+) -> Result<(), CloseReason> {
+    let stream = conn.stream(id);
+    if stream.as_ref().is_some_and(|s| s.has_head()) {
+        // A second head: the request is no longer outstanding, so the reply is ignored.
+        return Ok(());
+    }
+    match check_response(frame, r, &conn.inner.limits, conn.streams())? {
+        Checked::TooLarge {
+            headers,
+            bytes,
+            body_follows,
+        } => {
+            tracing::warn!(
+                headers,
+                bytes,
+                "plugin's response head is over the host's limits"
+            );
+            match stream {
+                Some(stream) => {
+                    stream.head(HeadOutcome::TooLarge { headers, bytes }, false);
+                    if body_follows {
+                        conn.send_cancel(stream.id);
+                    }
+                    conn.remove_stream(stream.id);
+                }
+                None => conn.deliver(id, Reply::HeadTooLarge { headers, bytes }),
             }
         }
-        None => conn.deliver(id, Reply::Http(head)),
+        Checked::Head(head) => match stream {
+            Some(stream) => {
+                let streaming = head.streaming;
+                if stream.head(HeadOutcome::Head(head), streaming) {
+                    conn.remove_stream(stream.id);
+                }
+            }
+            None => conn.deliver(id, Reply::Http(head)),
+        },
     }
     Ok(())
 }

@@ -396,8 +396,7 @@ impl PluginHost {
         }
     }
 
-    /// The client's response: status checked, headers through the host's rules, and the body
-    /// streamed from `handle` when one follows.
+    /// The client's response (see [`client_response`]), its faults as `BadResponse`.
     fn respond(
         &self,
         target: &Target,
@@ -405,31 +404,13 @@ impl PluginHost {
         handle: Option<StreamHandle>,
         websocket: bool,
     ) -> Result<http::Response<PluginBody>, CallError> {
-        let bad = |reason: String| CallError::BadResponse {
-            id: target.id.clone(),
-            reason,
-        };
-        let status = StatusCode::from_u16(head.status)
-            .map_err(|_| bad(format!("status {} is not valid", head.status)))?;
-        if status.is_informational() && !websocket {
-            return Err(bad(format!("status {status} cannot end a response")));
-        }
-        let streaming = head.streaming && handle.is_some();
-        let policy = ResponsePolicy {
-            protected_cookies: &self.shared.settings.protected_cookies,
-            csp: &target.csp,
-            keep_length: streaming,
-            websocket,
-        };
-        let (headers, length) = headers::from_plugin(head.headers, &policy);
-        let body = match handle {
-            Some(handle) if streaming => PluginBody::stream(handle, head.body, length),
-            _ => PluginBody::full(head.body),
-        };
-        let mut response = http::Response::new(body);
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Ok(response)
+        let protected = &self.shared.settings.protected_cookies;
+        client_response(head, handle, websocket, protected, &target.csp).map_err(|reason| {
+            CallError::BadResponse {
+                id: target.id.clone(),
+                reason,
+            }
+        })
     }
 
     fn too_large_head(&self, id: &str, headers: usize, bytes: usize) -> CallError {
@@ -552,6 +533,39 @@ impl PluginHost {
             Err(CallFailure::TooManyStreams { limit }) => CallError::TooManyStreams { id, limit },
         }
     }
+}
+
+/// The client's response to a plugin's head: status checked, headers through the host's rules
+/// (`protected` cookies, the `csp`), and the body streamed from `handle` when one follows. An
+/// `Err` says why the head cannot be passed on.
+pub(crate) fn client_response(
+    head: ResponseHead,
+    handle: Option<StreamHandle>,
+    websocket: bool,
+    protected: &[String],
+    csp: &HeaderValue,
+) -> Result<http::Response<PluginBody>, String> {
+    let status = StatusCode::from_u16(head.status)
+        .map_err(|_| format!("status {} is not valid", head.status))?;
+    if status.is_informational() && !websocket {
+        return Err(format!("status {status} cannot end a response"));
+    }
+    let streaming = head.streaming && handle.is_some();
+    let policy = ResponsePolicy {
+        protected_cookies: protected,
+        csp,
+        keep_length: streaming,
+        websocket,
+    };
+    let (headers, length) = headers::from_plugin(head.headers, &policy);
+    let body = match handle {
+        Some(handle) if streaming => PluginBody::stream(handle, head.body, length),
+        _ => PluginBody::full(head.body),
+    };
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
 }
 
 /// The error for the caller when the upload stopped, or `None` when the stream's own end says

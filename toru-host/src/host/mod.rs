@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 pub use crate::state::{PluginInfo, PluginState};
 pub use calls::ForwardedTo;
+pub(crate) use calls::client_response;
 
 use crate::builder::{PluginHostBuilder, create_dir};
 use crate::config::Config;
