@@ -65,7 +65,7 @@ mod tests {
                         _ => bytes.insert(at, b"\"{}[],:0x\n\\"[(rng.next() % 10) as usize]),
                     }
                 }
-                if let Some(r) = response(&bytes, rng.next() % 2 == 0) {
+                if let Some(r) = response(&bytes, rng.next() & 1 == 0) {
                     for cookie in r.headers().get_all("set-cookie") {
                         let c = cookie.to_str().unwrap_or_default().to_ascii_lowercase();
                         let pair = c.split(';').next().unwrap_or_default();
