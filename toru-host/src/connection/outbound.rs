@@ -176,6 +176,28 @@ pub(crate) async fn write(
     result
 }
 
+/// Writes a data frame's header and data: small ones into the buffer, large ones in one
+/// vectored write from their own buffers (the `BufWriter` passes a write larger than itself
+/// through), instead of a 13-byte write followed by the data.
+async fn write_all_vectored(
+    out: &mut BufWriter<OwnedWriteHalf>,
+    head: &[u8],
+    data: &[u8],
+) -> std::io::Result<()> {
+    let (mut head, mut data) = (head, data);
+    while !head.is_empty() || !data.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(data)];
+        let n = out.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        data = &data[n - from_head..];
+    }
+    Ok(())
+}
+
 async fn put(
     out: &mut BufWriter<OwnedWriteHalf>,
     lanes: &Lanes,
@@ -188,10 +210,7 @@ async fn put(
     let written = async {
         match &chunk {
             Chunk::Frame(b) => out.write_all(b).await,
-            Chunk::Data { head, data } => {
-                out.write_all(head).await?;
-                out.write_all(data).await
-            }
+            Chunk::Data { head, data } => write_all_vectored(out, head, data).await,
         }
     };
     tokio::select! {

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, Stream, TryStreamExt};
-use http_body_util::StreamBody;
-use toru_host::http::header::SEC_WEBSOCKET_PROTOCOL;
+use http_body_util::{Either, Empty, StreamBody};
+use toru_host::http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_PROTOCOL, TRANSFER_ENCODING};
 use toru_host::http::{HeaderMap, HeaderValue, Method, Request};
 use toru_host::{
     BridgeMessage, CallError, ClientFrame, ForwardedTo, PluginBody, WsMessage, WsUpgrade,
@@ -72,9 +72,16 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send,
 {
-    let body = StreamBody::new(
-        body.map_ok(|mut b| http_body::Frame::data(b.copy_to_bytes(b.remaining()))),
-    );
+    // HTTP/1 frames a body with `Content-Length` or `Transfer-Encoding`: without either there is
+    // none, and the plugin is told so in the request itself.
+    let framed = headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING);
+    let body = if framed {
+        Either::Left(StreamBody::new(body.map_ok(|mut b| {
+            http_body::Frame::data(b.copy_to_bytes(b.remaining()))
+        })))
+    } else {
+        Either::Right(Empty::<Bytes>::new())
+    };
     let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.headers_mut() = headers;

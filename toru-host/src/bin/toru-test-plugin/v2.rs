@@ -27,11 +27,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use sha2::Digest;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::Encoder;
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{
     CowStr, Credit, HttpRequest, HttpResponse, Payload, Ready, RequestId, STREAM_WINDOW, WsClose,
@@ -67,19 +69,32 @@ struct Plugin {
 pub(crate) async fn serve(stream: UnixStream, mode: &str, notify: Option<String>) {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, FrameCodec::new());
-    let mut sink = FramedWrite::new(write, FrameCodec::new());
     let (out, mut rx) = mpsc::unbounded_channel::<Out>();
     let deaf = CancellationToken::new();
+    // Messages are encoded into the buffer; data is written from its own `Bytes` after its
+    // 13-byte header (large writes bypass the buffer), as a plugin should.
     tokio::spawn(async move {
+        let mut socket = tokio::io::BufWriter::with_capacity(64 * 1024, write);
+        let mut codec = FrameCodec::new();
+        let mut encoded = BytesMut::new();
         while let Some(item) = rx.recv().await {
             let sent = match item {
-                Out::Message(m) => SinkExt::<Message<'static>>::feed(&mut sink, m).await,
-                Out::Data(d) => SinkExt::<DataFrame>::feed(&mut sink, d).await,
+                Out::Message(m) => {
+                    encoded.clear();
+                    codec.encode(m, &mut encoded).expect("encode");
+                    socket.write_all(&encoded).await
+                }
+                Out::Data(d) => {
+                    let head =
+                        DataFrame::header(d.stream, d.flags, d.data.len(), codec.max_frame_len())
+                            .expect("a data frame within the limit");
+                    write_all_vectored(&mut socket, &head, &d.data).await
+                }
             };
             if sent.is_err() {
                 return;
             }
-            if rx.is_empty() && SinkExt::<DataFrame>::flush(&mut sink).await.is_err() {
+            if rx.is_empty() && socket.flush().await.is_err() {
                 return;
             }
         }
@@ -110,6 +125,27 @@ pub(crate) async fn serve(stream: UnixStream, mode: &str, notify: Option<String>
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The header and the data in one vectored write when they are large (the buffer passes them
+/// through), not a 13-byte write and then the data.
+async fn write_all_vectored(
+    out: &mut tokio::io::BufWriter<tokio::net::unix::OwnedWriteHalf>,
+    head: &[u8],
+    data: &[u8],
+) -> std::io::Result<()> {
+    let (mut head, mut data) = (head, data);
+    while !head.is_empty() || !data.is_empty() {
+        let slices = [std::io::IoSlice::new(head), std::io::IoSlice::new(data)];
+        let n = out.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        data = &data[n - from_head..];
+    }
+    Ok(())
 }
 
 fn head(status: u16, headers: Vec<(&str, String)>, end_stream: bool) -> Payload<'static> {
