@@ -40,6 +40,15 @@ pub struct PluginHostBuilder {
     pub(crate) launch_concurrency: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) spawn_fault: Option<SpawnFault>,
+    // The data path (streams, bodies, WebSockets, response heads, cookies).
+    pub(crate) stream_idle_timeout: Duration,
+    pub(crate) max_streams_per_plugin: usize,
+    pub(crate) max_ws_message_bytes: usize,
+    pub(crate) max_upload_bytes: u64,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) max_response_headers: usize,
+    pub(crate) max_response_head_bytes: usize,
+    pub(crate) protected_cookies: Vec<String>,
 }
 
 /// A test hook that makes chosen plugin spawns fail (see
@@ -90,6 +99,14 @@ impl Default for PluginHostBuilder {
             launch_concurrency: cpus(),
             drain_timeout: Duration::from_secs(30),
             spawn_fault: None,
+            stream_idle_timeout: Duration::from_secs(300),
+            max_streams_per_plugin: 2048,
+            max_ws_message_bytes: 1024 * 1024,
+            max_upload_bytes: 1024 * 1024 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_response_headers: 128,
+            max_response_head_bytes: 64 * 1024,
+            protected_cookies: Vec::new(),
         }
     }
 }
@@ -257,6 +274,75 @@ impl PluginHostBuilder {
         fault: impl Fn(&str) -> Option<i32> + Send + Sync + 'static,
     ) -> &mut Self {
         self.spawn_fault = Some(SpawnFault(Arc::new(fault)));
+        self
+    }
+
+    /// How long a stream may go with nothing moving either way once the request timeout no
+    /// longer applies (default 300 s): after the response head, and while the request body is
+    /// being sent. Then the plugin gets `cancel` and the client's response is cut off (a
+    /// WebSocket is closed with 1001).
+    pub fn stream_idle_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.stream_idle_timeout = timeout;
+        self
+    }
+
+    /// How many requests and streams one plugin may have open at once (default 2048). More get
+    /// [`CallError::TooManyStreams`](crate::CallError::TooManyStreams) (HTTP 503) and never
+    /// reach the plugin.
+    pub fn max_streams_per_plugin(&mut self, max: usize) -> &mut Self {
+        self.max_streams_per_plugin = max;
+        self
+    }
+
+    /// The largest WebSocket message either way, in bytes (default 1 MiB). A client's larger
+    /// message closes its WebSocket with 1009; a plugin's closes it with 1011 (the plugin gets
+    /// `ws_close` 1009 either way).
+    pub fn max_ws_message_bytes(&mut self, max: usize) -> &mut Self {
+        self.max_ws_message_bytes = max;
+        self
+    }
+
+    /// The largest request body streamed to a protocol 2 plugin, in bytes (default 1 GiB). It
+    /// is never held in memory. A larger body gets
+    /// [`CallError::BodyTooLarge`](crate::CallError::BodyTooLarge) (HTTP 413) and the plugin
+    /// `cancel`.
+    pub fn max_upload_bytes(&mut self, max: u64) -> &mut Self {
+        self.max_upload_bytes = max;
+        self
+    }
+
+    /// The largest body the host holds in memory, in bytes (default 10 MiB): a request body for
+    /// a protocol 1 plugin, and a whole response read by [`PluginHost::request`]. Larger:
+    /// [`CallError::BodyTooLarge`](crate::CallError::BodyTooLarge) (413) for a request,
+    /// [`CallError::ResponseTooLarge`](crate::CallError::ResponseTooLarge) (502) for a response.
+    pub fn max_body_bytes(&mut self, max: u64) -> &mut Self {
+        self.max_body_bytes = max;
+        self
+    }
+
+    /// The most headers a plugin's response may have (default 128). More: HTTP 502
+    /// ([`CallError::BadResponse`](crate::CallError::BadResponse)); the plugin carries on.
+    pub fn max_response_headers(&mut self, max: usize) -> &mut Self {
+        self.max_response_headers = max;
+        self
+    }
+
+    /// The most bytes of header names and values in a plugin's response (default 64 KiB).
+    /// More: HTTP 502 ([`CallError::BadResponse`](crate::CallError::BadResponse)).
+    pub fn max_response_head_bytes(&mut self, max: usize) -> &mut Self {
+        self.max_response_head_bytes = max;
+        self
+    }
+
+    /// Cookie names a plugin may never set (default none; `toru-server` protects its
+    /// `toru_session`). A plugin's `Set-Cookie` naming one of them, in any case and with any
+    /// `__Host-` or `__Secure-` prefix, is dropped from its response.
+    pub fn protected_cookies<I, S>(&mut self, names: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.protected_cookies = names.into_iter().map(Into::into).collect();
         self
     }
 

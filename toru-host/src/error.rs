@@ -147,6 +147,53 @@ pub enum CallError {
     /// The host is shutting down.
     #[error("the plugin host is shutting down")]
     ShuttingDown,
+    /// The request's path is not under the plugin's route (or has `.` or `..` segments).
+    #[error("path {path:?} is outside plugin {id:?}'s route")]
+    OutsideRoute {
+        /// The plugin.
+        id: String,
+        /// The path.
+        path: String,
+    },
+    /// The request body is larger than the host accepts (see
+    /// [`max_upload_bytes`](crate::PluginHostBuilder::max_upload_bytes) and
+    /// [`max_body_bytes`](crate::PluginHostBuilder::max_body_bytes)).
+    #[error("the request body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// A response read whole is larger than
+    /// [`max_body_bytes`](crate::PluginHostBuilder::max_body_bytes).
+    #[error("plugin {id:?} answered with a body larger than {limit} bytes")]
+    ResponseTooLarge {
+        /// The plugin.
+        id: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// The plugin's response cannot be passed on: over the limits on response heads, or a
+    /// status that makes no sense for the request.
+    #[error("plugin {id:?} sent a response the host cannot pass on: {reason}")]
+    BadResponse {
+        /// The plugin.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The plugin has as many requests and streams open as the host allows
+    /// ([`max_streams_per_plugin`](crate::PluginHostBuilder::max_streams_per_plugin)).
+    #[error("plugin {id:?} already has {limit} requests and streams open")]
+    TooManyStreams {
+        /// The plugin.
+        id: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The request cannot be forwarded as it is (a header that is not text, a path that is
+    /// not a valid URI, a body that could not be read).
+    #[error("the request cannot be forwarded: {0}")]
+    BadRequest(String),
 }
 
 /// Managing a plugin (`get`, `enable`, `disable`, settings) failed.
@@ -179,6 +226,230 @@ pub enum ManageError {
     /// The host is shutting down.
     #[error("the plugin host is shutting down")]
     ShuttingDown,
+}
+
+/// An error code a client can get from the host, with its HTTP meaning: the table behind
+/// [`CallError::status`] and [`ManageError::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HttpError {
+    /// The code in the answer's `{"error": {"code": ...}}`.
+    pub code: &'static str,
+    /// The HTTP status.
+    pub status: http::StatusCode,
+    /// Whether the answer carries `Retry-After`.
+    pub retry_after: bool,
+    /// When a client gets it.
+    pub meaning: &'static str,
+}
+
+macro_rules! http_errors {
+    ($($code:literal $status:literal $retry:literal $meaning:literal;)*) => {
+        /// Every error code of [`CallError`] and [`ManageError`] with its status, in one table
+        /// (`docs/operations-server.md` lists the same, checked by a test).
+        pub const HTTP_ERRORS: &[HttpError] = &[$(HttpError {
+            code: $code,
+            status: match http::StatusCode::from_u16($status) {
+                Ok(s) => s,
+                Err(_) => panic!("not an HTTP status"),
+            },
+            retry_after: $retry,
+            meaning: $meaning,
+        }),*];
+    };
+}
+
+http_errors! {
+    "unknown_plugin" 404 false "no plugin has this id or route";
+    "plugin_disabled" 404 false "the plugin is installed but disabled";
+    "outside_route" 404 false "the path is not under the plugin's route";
+    "not_loadable" 409 false "the plugin failed to load; its details say why";
+    "bad_request" 400 false "the request cannot be forwarded (a header that is not text, an invalid path)";
+    "payload_too_large" 413 false "the request body is larger than the host accepts";
+    "plugin_unavailable" 503 true "the plugin is starting, backing off after a crash, or has failed";
+    "too_many_streams" 503 true "the plugin has as many requests and streams open as the host allows";
+    "shutting_down" 503 true "the host is shutting down";
+    "plugin_timeout" 504 false "the plugin did not answer within the request timeout (it was sent cancel)";
+    "plugin_error" 502 false "the plugin answered the request with an error";
+    "plugin_connection_lost" 502 false "the plugin went away before answering";
+    "plugin_bad_response" 502 false "the plugin's response is over the limits on response heads, or makes no sense";
+    "response_too_large" 502 false "a response read whole is larger than the host holds in memory";
+    "config_not_saved" 500 false "a change to a plugin could not be written to config.json (the message gives the OS's reason; nothing was changed)";
+    "internal" 500 false "the host failed (its log says why)";
+}
+
+fn lookup(code: &str) -> &'static HttpError {
+    HTTP_ERRORS
+        .iter()
+        .find(|e| e.code == code)
+        .expect("every code is in HTTP_ERRORS")
+}
+
+/// Whole seconds, rounded up, at least one.
+fn retry_secs(after: Duration) -> u64 {
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+}
+
+/// The JSON error answer `{"error": {"code", "message"}}` with its status and, when given,
+/// `Retry-After` in whole seconds (rounded up, at least 1).
+pub fn error_response(
+    status: http::StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<Duration>,
+) -> http::Response<crate::PluginBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut response = http::Response::new(crate::PluginBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(after) = retry_after {
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(retry_secs(after)),
+        );
+    }
+    response
+}
+
+impl CallError {
+    /// The error code clients get (a row of [`HTTP_ERRORS`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallError::UnknownPlugin(_) => "unknown_plugin",
+            CallError::Disabled(_) => "plugin_disabled",
+            CallError::OutsideRoute { .. } => "outside_route",
+            CallError::NotRunning { .. } => "plugin_unavailable",
+            CallError::Timeout { .. } => "plugin_timeout",
+            CallError::Plugin { .. } => "plugin_error",
+            CallError::TooLarge { .. } | CallError::BodyTooLarge { .. } => "payload_too_large",
+            CallError::ConnectionLost(_) => "plugin_connection_lost",
+            CallError::ShuttingDown => "shutting_down",
+            CallError::ResponseTooLarge { .. } => "response_too_large",
+            CallError::BadResponse { .. } => "plugin_bad_response",
+            CallError::TooManyStreams { .. } => "too_many_streams",
+            CallError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    /// The HTTP status for this error (404, 413, 502, 503, 504, ...; see [`HTTP_ERRORS`]).
+    pub fn status(&self) -> http::StatusCode {
+        lookup(self.code()).status
+    }
+
+    /// When the client may try again (`Retry-After`), for the errors that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            CallError::NotRunning { retry_after, .. } => {
+                Some(retry_after.unwrap_or(Duration::from_secs(1)))
+            }
+            CallError::TooManyStreams { .. } | CallError::ShuttingDown => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// A sentence for the client: what happened, without the plugin's or the host's internals
+    /// (those are in [`Display`](std::fmt::Display), for logs).
+    pub fn public_message(&self) -> String {
+        match self {
+            CallError::UnknownPlugin(_) => "there is no such plugin".into(),
+            CallError::Disabled(id) => format!("plugin {id:?} is disabled"),
+            CallError::OutsideRoute { id, .. } => {
+                format!("the path is not under plugin {id:?}'s route")
+            }
+            CallError::NotRunning { id, state, .. } => {
+                format!("plugin {id:?} is not running now ({})", state.name())
+            }
+            CallError::Timeout { id, .. } => format!("plugin {id:?} did not answer in time"),
+            CallError::Plugin { id, .. } => format!("plugin {id:?} could not handle the request"),
+            CallError::TooLarge { .. } => "the request is too large to forward".into(),
+            CallError::BodyTooLarge { limit } => {
+                format!("the request body is larger than {limit} bytes")
+            }
+            CallError::ConnectionLost(id) => format!("plugin {id:?} went away before answering"),
+            CallError::ShuttingDown => "the server is shutting down".into(),
+            CallError::ResponseTooLarge { id, .. } => {
+                format!("plugin {id:?} answered with a body too large to pass on")
+            }
+            CallError::BadResponse { id, .. } => {
+                format!("plugin {id:?} sent a response that cannot be passed on")
+            }
+            CallError::TooManyStreams { id, .. } => {
+                format!("plugin {id:?} is busy; try again")
+            }
+            CallError::BadRequest(why) => why.clone(),
+        }
+    }
+
+    /// The JSON error answer for this error (see [`error_response`]).
+    pub fn to_response(&self) -> http::Response<crate::PluginBody> {
+        error_response(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            self.retry_after(),
+        )
+    }
+}
+
+impl ManageError {
+    /// The error code clients get (a row of [`HTTP_ERRORS`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ManageError::UnknownPlugin(_) => "unknown_plugin",
+            ManageError::NotLoadable { .. } => "not_loadable",
+            ManageError::Config(_) => "config_not_saved",
+            ManageError::Scan { .. } => "internal",
+            ManageError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The HTTP status for this error (see [`HTTP_ERRORS`]).
+    pub fn status(&self) -> http::StatusCode {
+        lookup(self.code()).status
+    }
+
+    /// When the client may try again (`Retry-After`), for the errors that pass.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ManageError::ShuttingDown => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// A sentence for the client, without internals.
+    pub fn public_message(&self) -> String {
+        match self {
+            ManageError::UnknownPlugin(id) => format!("there is no plugin {id:?}"),
+            ManageError::NotLoadable { id, .. } => {
+                format!("plugin {id:?} failed to load; its details say why")
+            }
+            // The operator asked for the change and must know it did not happen, and why (a
+            // full disk, a read-only folder); the OS error names no secret, the path is left out.
+            ManageError::Config(config) => {
+                let why = std::error::Error::source(config)
+                    .map_or_else(|| config.to_string(), ToString::to_string);
+                format!("the change could not be saved in config.json ({why}); nothing was changed")
+            }
+            ManageError::Scan { .. } => "the server could not do that; its log says why".into(),
+            ManageError::ShuttingDown => "the server is shutting down".into(),
+        }
+    }
+
+    /// The JSON error answer for this error (see [`error_response`]).
+    pub fn to_response(&self) -> http::Response<crate::PluginBody> {
+        error_response(
+            self.status(),
+            self.code(),
+            &self.public_message(),
+            self.retry_after(),
+        )
+    }
 }
 
 /// Any error of this crate.
@@ -216,4 +487,129 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_call_error() -> Vec<CallError> {
+        let id = || "a".to_owned();
+        vec![
+            CallError::UnknownPlugin(id()),
+            CallError::Disabled(id()),
+            CallError::NotRunning {
+                id: id(),
+                state: PluginState::Starting,
+                retry_after: Some(Duration::from_millis(1500)),
+            },
+            CallError::Timeout {
+                id: id(),
+                after: Duration::from_secs(1),
+            },
+            CallError::Plugin {
+                id: id(),
+                code: "x".into(),
+                message: "secret internals".into(),
+            },
+            CallError::TooLarge { len: 2, max: 1 },
+            CallError::ConnectionLost(id()),
+            CallError::ShuttingDown,
+            CallError::OutsideRoute {
+                id: id(),
+                path: "/b".into(),
+            },
+            CallError::BodyTooLarge { limit: 1 },
+            CallError::ResponseTooLarge { id: id(), limit: 1 },
+            CallError::BadResponse {
+                id: id(),
+                reason: "secret internals".into(),
+            },
+            CallError::TooManyStreams { id: id(), limit: 1 },
+            CallError::BadRequest("header x is not text".into()),
+        ]
+    }
+
+    #[test]
+    fn call_errors_have_statuses_from_the_table_and_no_internals() {
+        for (e, status) in every_call_error().into_iter().zip([
+            404, 404, 503, 504, 502, 413, 502, 503, 404, 413, 502, 502, 503, 400,
+        ]) {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+            assert!(!e.public_message().contains("internals"), "{e:?}");
+            assert_eq!(
+                e.retry_after().is_some(),
+                lookup(e.code()).retry_after,
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_answers_are_json_with_retry_after_in_whole_seconds() {
+        let e = &every_call_error()[2];
+        let r = e.to_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "2");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(r.body().as_full().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "plugin_unavailable");
+        let r = error_response(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "x",
+            "y",
+            Some(Duration::ZERO),
+        );
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn manage_errors_have_statuses_from_the_table() {
+        let cases = [
+            (ManageError::UnknownPlugin("a".into()), 404),
+            (
+                ManageError::NotLoadable {
+                    id: "a".into(),
+                    reason: "r".into(),
+                },
+                409,
+            ),
+            (ManageError::ShuttingDown, 503),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e:?}");
+        }
+    }
+
+    /// `docs/operations-server.md` lists every code of the table, with the same status.
+    #[test]
+    fn the_docs_list_every_error_code_with_its_status() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/operations-server.md"
+        ))
+        .unwrap();
+        let rows: Vec<(u16, String)> = doc
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                let status = cells.get(1)?.parse::<u16>().ok()?;
+                let code = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((status, code.to_owned()))
+            })
+            .collect();
+        for e in HTTP_ERRORS {
+            assert!(
+                rows.contains(&(e.status.as_u16(), e.code.to_owned())),
+                "docs/operations-server.md has no row | {} | `{}` |",
+                e.status.as_u16(),
+                e.code
+            );
+        }
+        for (status, code) in &rows {
+            if let Some(e) = HTTP_ERRORS.iter().find(|e| e.code == code) {
+                assert_eq!(e.status.as_u16(), *status, "{code}");
+            }
+        }
+    }
 }

@@ -31,8 +31,40 @@
 //! Every plugin runs in its own process group and container (a cgroup, a PID namespace, or the
 //! host as subreaper; see [`Containment`]), under its [`Limits`], and dies with the host (the
 //! parent-death signal, and a watchdog for everything it started), so this crate is Linux-only.
+//!
+//! # Serving plugin routes from a web framework
+//!
+//! [`PluginHost::forward`] serves a whole plugin route in one call: it takes an
+//! `http::Request` of any body and answers an `http::Response<`[`PluginBody`]`>` that hyper,
+//! axum or warp can serve as it is, with bodies streamed both ways, every error mapped to a
+//! status and JSON, and WebSocket upgrades bridged when hyper's `OnUpgrade` is in the request:
+//!
+//! ```no_run
+//! # async fn demo(host: toru_host::PluginHost) {
+//! // axum: Router::new().route("/plugins/{*rest}", any(move |req: Request| {
+//! //     let host = host.clone();
+//! //     async move { host.forward(req, "/plugins").await }
+//! // }))
+//! let request = toru_host::http::Request::get("/plugins/hello-rust/echo?x=1")
+//!     .body(http_body_util::Empty::<bytes::Bytes>::new())
+//!     .unwrap();
+//! let response = host.forward(request, "/plugins").await;
+//! println!("{}", response.status());
+//! # }
+//! ```
+//!
+//! [`PluginHost::stream`] is the same call for one plugin with the errors as [`CallError`]s,
+//! [`PluginHost::websocket`] offers an upgrade to a plugin for frameworks that do the handshake
+//! themselves, and [`PluginHost::request`] reads a whole response. The library applies the header
+//! rules for every caller: credentials and hop-by-hop headers never reach a plugin, a plugin
+//! cannot set a [protected cookie](PluginHostBuilder::protected_cookies), and its pages are
+//! sandboxed (`docs/architecture.md`, "The data path").
+//!
+//! Every plugin runs in its own process group and dies with the host (the parent-death signal),
+//! so this crate is Linux-only.
 #![deny(missing_docs)]
 
+mod body;
 mod builder;
 mod check;
 mod config;
@@ -41,6 +73,9 @@ mod contain;
 mod discovery;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
+mod headers;
 mod host;
 pub mod logs;
 mod process;
@@ -49,17 +84,28 @@ mod shared;
 mod state;
 pub mod store;
 mod supervisor;
+mod websocket;
 
+pub use body::{BodyError, BodyStream, PluginBody};
 pub use builder::PluginHostBuilder;
 pub use check::{CheckReport, CheckStep, check_plugin};
 pub use contain::Containment;
 pub use contain::limits::{
     Bytes, Cores, Enforcement, Enforcer, Limit, LimitErrors, LimitKind, LimitOverrides, Limits,
 };
-pub use error::{CallError, ConfigError, Error, ManageError, SpawnError, StartError};
+pub use error::{
+    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, SpawnError, StartError,
+    error_response,
+};
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
-pub use host::{PluginHost, PluginInfo, PluginState, ScanReport};
+pub use host::{ForwardedTo, PluginHost, PluginInfo, PluginState, ScanReport};
+/// The `http` crate this one speaks, so that an application uses the same version.
+pub use http;
 pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
 pub use request::{PluginRequest, PluginResponse};
 pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};
 pub use supervisor::{HealthPolicy, RestartPolicy};
+pub use websocket::{
+    BridgeMessage, ClientFrame, WebSocketSession, WsClosed, WsEvent, WsMessage, WsReceiver,
+    WsSender, WsUpgrade,
+};

@@ -1,23 +1,37 @@
-//! The HTTP request and response a caller exchanges with a plugin through the host.
+//! The buffered HTTP request and response a caller exchanges with a plugin through the host,
+//! in the `http` crate's types, converting from and to `http::Request<Bytes>` and
+//! `http::Response<Bytes>`.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use toru_plugin_api::Frame;
-use toru_plugin_api::protocol::{CowStr, Header, HttpRequest, HttpResponse};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
 
-/// An HTTP request for a plugin. `path` is the full path, starting with the plugin's route
-/// (`/acme/certificate`).
+/// An HTTP request for a plugin, whole. `path` is the full path, starting with the plugin's
+/// route (`/acme/certificate`).
+///
+/// ```
+/// use toru_host::PluginRequest;
+/// use toru_host::http::Method;
+///
+/// let req = PluginRequest::new(Method::POST, "/acme/count")
+///     .with_query("step=2")
+///     .with_header("content-type", "application/json")
+///     .with_body(r#"{"n": 1}"#);
+/// let http: toru_host::http::Request<bytes::Bytes> = req.clone().try_into().unwrap();
+/// assert_eq!(http.uri(), "/acme/count?step=2");
+/// assert_eq!(toru_host::PluginRequest::from(http), req);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginRequest {
-    /// The method, upper case.
-    pub method: String,
-    /// The full path, starting with the plugin's route.
+    /// The method.
+    pub method: Method,
+    /// The full path, starting with the plugin's route, percent-encoding as the client sent it.
     pub path: String,
-    /// The raw query string without `?`.
+    /// The raw query string without `?`, empty when there is none.
     pub query: String,
-    /// Headers, names in lower case; names may repeat.
-    pub headers: Vec<(String, String)>,
+    /// The headers. The host drops credentials and hop-by-hop headers before the plugin sees
+    /// them.
+    pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
 }
@@ -25,16 +39,24 @@ pub struct PluginRequest {
 impl PluginRequest {
     /// A `GET` of `path` with no headers and no body.
     pub fn get(path: impl Into<String>) -> Self {
-        Self::new("GET", path)
+        Self::new(Method::GET, path)
     }
 
-    /// A request with the given method and path, no headers and no body.
-    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Self {
+    /// A request with the given method (a [`Method`] or its name) and path, no headers and no
+    /// body.
+    ///
+    /// # Panics
+    /// When `method` is a name that is not a valid method.
+    pub fn new<M>(method: M, path: impl Into<String>) -> Self
+    where
+        Method: TryFrom<M>,
+        <Method as TryFrom<M>>::Error: std::fmt::Debug,
+    {
         PluginRequest {
-            method: method.into(),
+            method: Method::try_from(method).expect("a valid method"),
             path: path.into(),
             query: String::new(),
-            headers: Vec::new(),
+            headers: HeaderMap::new(),
             body: Bytes::new(),
         }
     }
@@ -46,8 +68,20 @@ impl PluginRequest {
     }
 
     /// The same request with one more header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+    ///
+    /// # Panics
+    /// When `name` is not a valid header name or `value` not a valid header value (use
+    /// [`headers`](Self::headers) to add headers that come from elsewhere).
+    pub fn with_header<K, V>(mut self, name: K, value: V) -> Self
+    where
+        HeaderName: TryFrom<K>,
+        <HeaderName as TryFrom<K>>::Error: std::fmt::Debug,
+        HeaderValue: TryFrom<V>,
+        <HeaderValue as TryFrom<V>>::Error: std::fmt::Debug,
+    {
+        let name = HeaderName::try_from(name).expect("a valid header name");
+        let value = HeaderValue::try_from(value).expect("a valid header value");
+        self.headers.append(name, value);
         self
     }
 
@@ -57,91 +91,82 @@ impl PluginRequest {
         self
     }
 
-    /// The protocol message's payload, borrowing from the request. A body that is not UTF-8
-    /// travels base64-encoded.
-    pub(crate) fn to_protocol(&self) -> HttpRequest<'_> {
-        let (body, body_base64) = encode_body(&self.body);
-        HttpRequest {
-            method: CowStr::borrowed(&self.method),
-            path: CowStr::borrowed(&self.path),
-            query: CowStr::borrowed(&self.query),
-            headers: self
-                .headers
-                .iter()
-                .map(|(n, v)| (CowStr::borrowed(n), CowStr::borrowed(v)))
-                .collect(),
+    /// The request as an `http::Request`.
+    ///
+    /// # Errors
+    /// When the path and query do not make a valid URI.
+    pub fn into_http(self) -> Result<http::Request<Bytes>, http::Error> {
+        let uri = if self.query.is_empty() {
+            self.path
+        } else {
+            format!("{}?{}", self.path, self.query)
+        };
+        let mut request = http::Request::builder()
+            .method(self.method)
+            .uri(uri)
+            .body(self.body)?;
+        *request.headers_mut() = self.headers;
+        Ok(request)
+    }
+}
+
+impl From<http::Request<Bytes>> for PluginRequest {
+    fn from(request: http::Request<Bytes>) -> Self {
+        let (parts, body) = request.into_parts();
+        PluginRequest {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: parts.headers,
             body,
-            body_base64,
-            end_stream: None,
-            upgrade: None,
         }
     }
 }
 
-fn encode_body(body: &[u8]) -> (Option<CowStr<'_>>, Option<CowStr<'static>>) {
-    if body.is_empty() {
-        return (None, None);
-    }
-    match std::str::from_utf8(body) {
-        Ok(text) => (Some(CowStr::borrowed(text)), None),
-        Err(_) => (None, Some(CowStr::from(BASE64.encode(body)))),
+impl TryFrom<PluginRequest> for http::Request<Bytes> {
+    type Error = http::Error;
+
+    fn try_from(request: PluginRequest) -> Result<Self, http::Error> {
+        request.into_http()
     }
 }
 
-/// A plugin's HTTP response.
+/// A plugin's HTTP response, whole, with the host's header rules applied (see
+/// [`PluginHost::stream`](crate::PluginHost::stream)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginResponse {
-    /// The status code.
-    pub status: u16,
+    /// The status.
+    pub status: StatusCode,
     /// The headers, in the plugin's order.
-    pub headers: Vec<(String, String)>,
+    pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
 }
 
 impl PluginResponse {
-    /// The first header called `name` (case-insensitive).
+    /// The first header called `name` (any case), when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
 
-    /// Converts the protocol payload. A text body that borrows from the frame is sliced out of
-    /// it without copying.
-    pub(crate) fn from_frame(frame: &Frame, r: HttpResponse<'_>) -> Result<Self, String> {
-        if !(100..=999).contains(&r.status) {
-            return Err(format!("plugin sent an invalid HTTP status {}", r.status));
-        }
-        let body = match (r.body, r.body_base64) {
-            (Some(_), Some(_)) => {
-                return Err("plugin sent both body and body_base64".into());
-            }
-            (Some(text), None) => slice_or_copy(frame, text),
-            (None, Some(b64)) => Bytes::from(
-                BASE64
-                    .decode(b64.as_bytes())
-                    .map_err(|e| format!("plugin sent body_base64 that is not base64: {e}"))?,
-            ),
-            (None, None) => Bytes::new(),
-        };
-        Ok(PluginResponse {
-            status: r.status,
-            headers: r.headers.into_iter().map(own_header).collect(),
+impl From<PluginResponse> for http::Response<Bytes> {
+    fn from(response: PluginResponse) -> Self {
+        let mut out = http::Response::new(response.body);
+        *out.status_mut() = response.status;
+        *out.headers_mut() = response.headers;
+        out
+    }
+}
+
+impl From<http::Response<Bytes>> for PluginResponse {
+    fn from(response: http::Response<Bytes>) -> Self {
+        let (parts, body) = response.into_parts();
+        PluginResponse {
+            status: parts.status,
+            headers: parts.headers,
             body,
-        })
-    }
-}
-
-fn own_header((name, value): Header<'_>) -> (String, String) {
-    (name.into_string(), value.into_string())
-}
-
-fn slice_or_copy(frame: &Frame, text: CowStr<'_>) -> Bytes {
-    match text.0 {
-        std::borrow::Cow::Borrowed(s) => frame.bytes().slice_ref(s.as_bytes()),
-        std::borrow::Cow::Owned(s) => Bytes::from(s),
+        }
     }
 }
 
@@ -150,41 +175,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn binary_bodies_travel_base64_and_text_as_is() {
-        let req = PluginRequest::new("POST", "/a").with_body(vec![0xff, 0x00]);
-        let p = req.to_protocol();
-        assert_eq!(p.body, None);
-        assert_eq!(p.body_base64.as_deref(), Some("/wA="));
-        let req = PluginRequest::new("POST", "/a").with_body("héllo");
-        assert_eq!(req.to_protocol().body.as_deref(), Some("héllo"));
+    fn requests_convert_both_ways() {
+        let req = PluginRequest::new(Method::PUT, "/a/b%20c")
+            .with_query("x=1")
+            .with_header("X-Tag", "a")
+            .with_header("x-tag", "b")
+            .with_body(vec![0xff, 0]);
+        let http = req.clone().into_http().unwrap();
+        assert_eq!(http.method(), Method::PUT);
+        assert_eq!(http.uri().path(), "/a/b%20c");
+        assert_eq!(http.headers().get_all("x-tag").iter().count(), 2);
+        assert_eq!(PluginRequest::from(http), req);
+        assert!(PluginRequest::get("/a b").into_http().is_err());
     }
 
     #[test]
-    fn response_body_is_sliced_from_the_frame() {
-        let json = br#"{"type":"http_response","request_id":1,"payload":{"status":200,"headers":[["a","b"]],"body":"hi"}}"#;
-        let frame = Frame::new(Bytes::from_static(json));
-        let Ok(msg) = frame.message() else { panic!() };
-        let toru_plugin_api::Payload::HttpResponse(r) = msg.payload else {
-            panic!()
+    fn responses_convert_both_ways() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        let resp = PluginResponse {
+            status: StatusCode::IM_A_TEAPOT,
+            headers,
+            body: Bytes::from_static(b"tea"),
         };
-        let resp = PluginResponse::from_frame(&frame, r).unwrap();
-        assert_eq!(resp.body, "hi");
-        assert_eq!(resp.header("A"), Some("b"));
-    }
-
-    #[test]
-    fn invalid_responses_are_refused() {
-        for json in [
-            r#"{"type":"http_response","payload":{"status":42}}"#,
-            r#"{"type":"http_response","payload":{"status":200,"body":"a","body_base64":"YQ=="}}"#,
-            r#"{"type":"http_response","payload":{"status":200,"body_base64":"!!"}}"#,
-        ] {
-            let frame = Frame::new(Bytes::from(json));
-            let msg = frame.message().unwrap();
-            let toru_plugin_api::Payload::HttpResponse(r) = msg.payload else {
-                panic!()
-            };
-            assert!(PluginResponse::from_frame(&frame, r).is_err(), "{json}");
-        }
+        assert_eq!(resp.header("Content-Type"), Some("text/plain"));
+        let http: http::Response<Bytes> = resp.clone().into();
+        assert_eq!(http.status(), 418);
+        assert_eq!(PluginResponse::from(http), resp);
     }
 }

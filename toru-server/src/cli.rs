@@ -113,9 +113,34 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "TORU_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub(crate) max_connections: Option<u32>,
 
-    /// The largest request body accepted, in bytes (larger: 413).
+    /// The largest request body held in memory, in bytes (larger: 413): API requests, and
+    /// requests for protocol 1 plugins (which get bodies whole).
     #[arg(long, env = "TORU_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024, global = true)]
     pub(crate) max_body_bytes: u64,
+
+    /// The largest request body streamed to a protocol 2 plugin, in bytes (larger: 413). It is
+    /// never held in memory.
+    #[arg(long, env = "TORU_MAX_UPLOAD_BYTES", default_value_t = 1024 * 1024 * 1024, global = true)]
+    pub(crate) max_upload_bytes: u64,
+
+    /// How long a streamed response, upload or WebSocket may go with nothing moving either way
+    /// before it is cancelled (the request timeout applies until a response's head).
+    #[arg(long, env = "TORU_STREAM_IDLE_TIMEOUT", default_value = "300s", value_parser = duration, global = true)]
+    pub(crate) stream_idle_timeout: Duration,
+
+    /// How many requests and streams one plugin may have open at once (more: 503).
+    #[arg(
+        long,
+        env = "TORU_MAX_STREAMS_PER_PLUGIN",
+        default_value_t = 2048,
+        global = true
+    )]
+    pub(crate) max_streams_per_plugin: usize,
+
+    /// The largest WebSocket message, either way, in bytes (a client's larger message: close
+    /// 1009).
+    #[arg(long, env = "TORU_MAX_WS_MESSAGE_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub(crate) max_ws_message_bytes: usize,
 
     /// Mark the session cookie `Secure` (set it when Toru is served over HTTPS; a request with
     /// `X-Forwarded-Proto: https` gets it anyway).
@@ -200,6 +225,10 @@ mod tests {
         assert_eq!(cli.server.header_timeout, Duration::from_secs(10));
         assert_eq!(cli.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(cli.server.max_connections, None);
+        assert_eq!(cli.server.max_upload_bytes, 1 << 30);
+        assert_eq!(cli.server.stream_idle_timeout, Duration::from_secs(300));
+        assert_eq!(cli.server.max_streams_per_plugin, 2048);
+        assert_eq!(cli.server.max_ws_message_bytes, 1 << 20);
 
         let cli = Cli::try_parse_from([
             "toru-server",

@@ -140,7 +140,13 @@ pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
         .default_limits(args.plugin_limits())
         .watch_plugins(!args.no_watch)
         .rescan_interval(args.rescan_interval)
-        .drain_timeout(args.upgrade_drain);
+        .drain_timeout(args.upgrade_drain)
+        .max_body_bytes(args.max_body_bytes)
+        .max_upload_bytes(args.max_upload_bytes)
+        .stream_idle_timeout(args.stream_idle_timeout)
+        .max_streams_per_plugin(args.max_streams_per_plugin)
+        .max_ws_message_bytes(args.max_ws_message_bytes)
+        .protected_cookies([crate::routes::SESSION_COOKIE]);
     if let Some(n) = args.launch_concurrency {
         builder.launch_concurrency(usize::from(n));
     }

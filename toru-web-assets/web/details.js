@@ -133,6 +133,8 @@ function detailsContent(plugin, closeBtn, onToggle) {
     ["Crashes in a row", String(plugin.consecutive_crashes ?? 0), "consecutive-crashes"],
     ["Last exit", exitText(plugin.last_exit) ?? "–", "last-exit"],
     ["Protocol", plugin.protocol_version ? `v${plugin.protocol_version}` : "–", "protocol"],
+    // What the plugin's own pages may do beyond the default sandbox (docs/frontend.md).
+    ["Page sandbox", m.sandbox?.length ? `also ${m.sandbox.join(" ")}` : "default", "sandbox"],
   ];
   if (plugin.draining) rows.push(["Old versions draining", String(plugin.draining), "draining"]);
   if ((plugin.state === "backing_off" || plugin.state === "out_of_resources") && plugin.next_attempt_ms) {

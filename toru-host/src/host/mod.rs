@@ -2,6 +2,7 @@
 
 mod calls;
 mod changes;
+mod forward;
 mod limits;
 mod manage;
 mod rescan;
@@ -18,6 +19,8 @@ use toru_plugin_api::protocol::now_millis;
 use uuid::Uuid;
 
 pub use crate::state::{PluginInfo, PluginState};
+pub use calls::ForwardedTo;
+pub(crate) use calls::client_response;
 pub use rescan::ScanReport;
 pub(crate) use rescan::ScanState;
 
@@ -159,6 +162,13 @@ impl PluginHost {
         &self.shared.settings.plugin_dir
     }
 
+    /// The largest WebSocket message either way, in bytes (the builder's
+    /// [`max_ws_message_bytes`](crate::PluginHostBuilder::max_ws_message_bytes)), for a
+    /// framework that reads the client's messages itself.
+    pub fn max_ws_message_bytes(&self) -> usize {
+        self.shared.settings.max_ws_message_bytes
+    }
+
     /// The folder the host writes logs to (after any fallback).
     pub fn log_dir(&self) -> &Path {
         &self.shared.log_dir
@@ -234,8 +244,10 @@ impl PluginHost {
         self.shared.logs.query(id, query).await
     }
 
-    /// Stops every plugin (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits
-    /// for the host's tasks, and closes the database. Calls after the first return at once.
+    /// Ends every open stream (a WebSocket is closed with 1001 both ways; an HTTP response
+    /// being streamed is cut off and its plugin gets `cancel`), stops every plugin
+    /// (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits for the host's
+    /// tasks, and closes the database. Calls after the first return at once.
     pub async fn shutdown(&self) {
         let running: Vec<String> = {
             let mut reg = self.shared.registry();
@@ -243,6 +255,9 @@ impl PluginHost {
                 Vec::new()
             } else {
                 reg.shutting_down = true;
+                for conn in reg.plugins.values().filter_map(|e| e.conn.as_ref()) {
+                    conn.end_streams();
+                }
                 reg.plugins
                     .iter()
                     .filter(|(_, e)| e.runner.is_some())

@@ -237,12 +237,12 @@ impl Instance {
                     Some(r) if r.is_protocol_break() => EndReason::Connection(r),
                     _ => EndReason::Exited(exit),
                 };
-                self.conn.close(CloseReason::Host("the plugin process exited".into()));
+                self.conn.close(CloseReason::ProcessExited);
                 Next::Ended { reason, exit }
             }
             missed = self.health.hung() => {
                 let reason = EndReason::Hung { missed };
-                self.conn.close(CloseReason::Host(reason.to_string()));
+                self.conn.close(CloseReason::Unhealthy(reason.to_string()));
                 kill_group(Some(self.pid), Signal::KILL);
                 let exit = ExitStatus::from(process::wait_reaped(&mut self.child).await);
                 shared.logs.supervisor(
@@ -299,6 +299,8 @@ impl Instance {
     /// the grace period; reaps it and cleans up after it.
     pub(super) async fn stop(mut self, shared: &Arc<Shared>, id: &str) -> ExitStatus {
         self.health.stop();
+        // Open WebSockets get 1001 ("going away"), streamed responses end.
+        self.conn.end_streams();
         let _ = self.conn.send(&Message::new(None, Payload::Shutdown)).await;
         let exit = process::stop(
             &mut self.child,
@@ -307,8 +309,7 @@ impl Instance {
             &self.container,
         )
         .await;
-        self.conn
-            .close(CloseReason::Host("the host stopped the plugin".into()));
+        self.conn.close(CloseReason::HostStopped);
         shared.logs.supervisor(
             Level::Info,
             id,

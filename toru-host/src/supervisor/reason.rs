@@ -9,7 +9,7 @@ use crate::events::ExitStatus;
 use super::start::StartFailure;
 
 /// Why a plugin process ended (or never got going) without the host asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum EndReason {
     /// It exited or was killed.
     Exited(ExitStatus),
@@ -92,7 +92,9 @@ mod tests {
             "plugin exited unexpectedly with exit code 1"
         );
         assert!(!exited.is_final());
-        let broke = EndReason::Connection(CloseReason::Protocol("frame is not valid".into()));
+        let broke = EndReason::Connection(CloseReason::Protocol(
+            crate::connection::Violation::Message("frame is not valid".into()),
+        ));
         assert_eq!(
             broke.to_string(),
             "plugin broke the protocol: frame is not valid"

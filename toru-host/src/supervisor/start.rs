@@ -10,12 +10,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{CowStr, Init, Payload, VersionRange, error_code};
 
-use crate::connection::{CallFailure, CloseReason, Connection, Reply, Services};
+use crate::connection::{CallFailure, CloseReason, Connection, Reply, Services, StreamLimits};
 use crate::events::ExitStatus;
 use crate::shared::Shared;
 
-/// The protocol versions the host offers. Streams (protocol 2) are not served yet.
-pub(crate) const HOST_VERSIONS: VersionRange = VersionRange { min: 1, max: 1 };
+/// The protocol versions the host offers: 1, and 2 with streams.
+pub(crate) const HOST_VERSIONS: VersionRange = VersionRange::SUPPORTED;
 
 /// Why a start did not reach `ready`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +80,8 @@ pub(super) async fn handshake(
             kv: shared.store.kv(id),
             logs: shared.logs.clone(),
         };
-        let conn = Connection::start(id, stream, shared.codec, services);
+        let limits = StreamLimits::from_settings(&shared.settings);
+        let conn = Connection::start(id, stream, shared.codec, services, limits);
         let settings = shared
             .config()
             .plugin(id)
@@ -130,11 +131,15 @@ pub(super) async fn handshake(
         Err(CallFailure::TooLarge { len, max }) => {
             StartFailure::Protocol(format!("init of {len} bytes exceeds the {max}-byte limit"))
         }
+        // `init` does not count against the limit on streams.
+        Err(CallFailure::TooManyStreams { limit }) => {
+            StartFailure::Protocol(format!("init found {limit} requests open"))
+        }
         Err(CallFailure::Closed) => {
             // Closed because the plugin broke the protocol (the cause, however its process
             // then ends) or because it exited (say how).
             match conn.close_reason() {
-                Some(CloseReason::Protocol(why)) => StartFailure::Protocol(why),
+                Some(CloseReason::Protocol(why)) => StartFailure::Protocol(why.to_string()),
                 reason => {
                     let grace = Duration::from_secs(1);
                     match tokio::time::timeout(grace, crate::process::wait_reaped(child)).await {
@@ -147,7 +152,7 @@ pub(super) async fn handshake(
             }
         }
     };
-    conn.close(CloseReason::Host(failure.to_string()));
+    conn.close(CloseReason::StartFailed(failure.to_string()));
     Err(failure)
 }
 

@@ -18,7 +18,7 @@ async fn both_examples_start_and_serve() {
         }
         let info = host.get(id).unwrap();
         assert_eq!(info.state, PluginState::Running);
-        assert_eq!(info.protocol_version, Some(1));
+        assert_eq!(info.protocol_version, Some(2));
         assert!(alive(info.pid.unwrap()));
     }
     host.shutdown().await;

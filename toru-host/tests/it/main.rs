@@ -10,5 +10,7 @@ mod lifecycle;
 mod live;
 mod logs;
 mod orphans;
+mod streams;
 mod supervision;
 mod util;
+mod websocket;

@@ -98,10 +98,29 @@ impl Env {
         std::fs::write(self.plugins().join(name), contents).unwrap();
     }
 
+    /// Installs `toru-test-plugin <mode> <id>` as `<id>.binary`, telling `notify` about every
+    /// `cancel` and `ws_close` it gets.
+    pub fn install_notifying_plugin(&self, mode: &str, id: &str, notify: &Notices) -> PathBuf {
+        let bin = env!("CARGO_BIN_EXE_toru-test-plugin");
+        let script = format!(
+            "#!/bin/sh\nexec '{bin}' {mode} {id} --notify='{}' \"$@\"\n",
+            notify.path.display()
+        );
+        self.install_file(&format!("{id}.binary"), script.as_bytes())
+    }
+
     /// Installs the Rust example plugin as `hello-rust.binary`.
     pub fn install_rust_example(&self) -> PathBuf {
         let bin = example_binary("hello-plugin-rust");
         self.install_file("hello-rust.binary", &std::fs::read(bin).unwrap())
+    }
+
+    /// Installs the protocol 1 Python plugin (standard library only) as
+    /// `hello-python-v1.binary`.
+    pub fn install_python_v1_example(&self) -> PathBuf {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello-plugin-python-v1/hello-python-v1.binary");
+        self.install_file("hello-python-v1.binary", &std::fs::read(file).unwrap())
     }
 
     /// Installs the Python example plugin as `hello-python.binary`, with the Python SDK
@@ -275,4 +294,47 @@ pub async fn started(env: &Env, ids: &[&str]) -> PluginHost {
     let host = env.start().await;
     serving(&host, ids).await;
     host
+}
+
+/// What a notifying test plugin was told (`cancel <id>`, `ws_close <id> <code>`), one line per
+/// connection to a Unix socket in the test's folder.
+pub struct Notices {
+    pub path: PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Notices {
+    pub fn new(env: &Env) -> Notices {
+        use tokio::io::AsyncBufReadExt;
+        let path = env.dir.path().join("n.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the notice socket");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = tx.send(line);
+                    }
+                });
+            }
+        });
+        Notices { path, lines }
+    }
+
+    /// Waits for a line that starts with `prefix` and returns it.
+    pub async fn wait_prefix(&mut self, prefix: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+            panic!("the notice socket closed before {prefix:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the plugin was never told {prefix:?}..."))
+    }
 }

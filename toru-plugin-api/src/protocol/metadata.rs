@@ -46,6 +46,50 @@ pub struct PluginMetadata {
     /// message); when `false`, the host restarts it to apply them.
     #[serde(default)]
     pub live_settings: bool,
+    /// What the plugin's pages may do beyond the host's default sandbox: tokens of the CSP
+    /// `sandbox` directive (see [`SANDBOX_TOKENS`]), such as `allow-same-origin`. In JSON a
+    /// space-separated string or a list of strings. The host serves every response from the
+    /// plugin's routes with `Content-Security-Policy: sandbox` and its default tokens
+    /// (`allow-scripts allow-forms allow-popups allow-modals allow-downloads`) plus these.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "sandbox_tokens"
+    )]
+    pub sandbox: Vec<String>,
+}
+
+/// The tokens a plugin may list in [`PluginMetadata::sandbox`]: the CSP `sandbox` directive's
+/// `allow-*` flags.
+pub const SANDBOX_TOKENS: &[&str] = &[
+    "allow-downloads",
+    "allow-forms",
+    "allow-modals",
+    "allow-orientation-lock",
+    "allow-pointer-lock",
+    "allow-popups",
+    "allow-popups-to-escape-sandbox",
+    "allow-presentation",
+    "allow-same-origin",
+    "allow-scripts",
+    "allow-storage-access-by-user-activation",
+    "allow-top-navigation",
+    "allow-top-navigation-by-user-activation",
+    "allow-top-navigation-to-custom-protocols",
+];
+
+/// `"allow-a allow-b"` or `["allow-a", "allow-b"]`.
+fn sandbox_tokens<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Tokens {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match Tokens::deserialize(d)? {
+        Tokens::Text(text) => text.split_ascii_whitespace().map(str::to_owned).collect(),
+        Tokens::List(list) => list,
+    })
 }
 
 /// Why metadata is not acceptable.
@@ -68,6 +112,9 @@ pub enum MetadataError {
     /// A setting's declaration breaks a rule, or a name is declared twice, or there are too many.
     #[error(transparent)]
     Setting(#[from] SettingError),
+    /// A `sandbox` token is not one of [`SANDBOX_TOKENS`].
+    #[error("sandbox token {0:?} is not one of the CSP sandbox's allow-* flags")]
+    BadSandbox(String),
     /// A field is longer than the host accepts.
     #[error("metadata field {field:?} is {len} bytes long; the limit is {max}")]
     TooLong {
@@ -182,6 +229,13 @@ impl PluginMetadata {
         if self.version.trim().is_empty() {
             return Err(MetadataError::Empty("version"));
         }
+        if let Some(bad) = self
+            .sandbox
+            .iter()
+            .find(|t| !SANDBOX_TOKENS.contains(&t.as_str()))
+        {
+            return Err(MetadataError::BadSandbox(bad.clone()));
+        }
         if self.settings.len() > MAX_SETTINGS {
             return Err(MetadataError::TooLong {
                 field: "settings",
@@ -221,7 +275,38 @@ mod tests {
             license_required: false,
             settings: Vec::new(),
             live_settings: false,
+            sandbox: Vec::new(),
         }
+    }
+
+    #[test]
+    fn sandbox_is_a_string_or_a_list_of_known_tokens() {
+        let base = r#""id": "a", "name": "A", "version": "1", "route": "/a""#;
+        for (json, tokens) in [
+            (format!("{{{base}}}"), vec![]),
+            (
+                format!(r#"{{{base}, "sandbox": "allow-same-origin  allow-top-navigation"}}"#),
+                vec!["allow-same-origin", "allow-top-navigation"],
+            ),
+            (
+                format!(r#"{{{base}, "sandbox": ["allow-same-origin"]}}"#),
+                vec!["allow-same-origin"],
+            ),
+        ] {
+            let m: PluginMetadata = serde_json::from_str(&json).unwrap();
+            assert_eq!(m.sandbox, tokens, "{json}");
+            assert_eq!(m.validate(), Ok(()));
+        }
+        let mut m = meta("a", "/a");
+        m.sandbox = vec!["allow-everything".into()];
+        assert_eq!(
+            m.validate(),
+            Err(MetadataError::BadSandbox("allow-everything".into()))
+        );
+        assert!(
+            serde_json::from_str::<PluginMetadata>(&format!(r#"{{{base}, "sandbox": 3}}"#))
+                .is_err()
+        );
     }
 
     #[test]

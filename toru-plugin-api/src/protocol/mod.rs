@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use envelope::EnvelopeHead;
 pub use envelope::{Message, Payload, now_millis};
-pub use metadata::{MetadataError, PluginMetadata};
+pub use metadata::{MetadataError, PluginMetadata, SANDBOX_TOKENS};
 pub use settings::{MAX_SETTINGS, MAX_TEXT_SETTING, SettingError, SettingKind, SettingSpec};
 pub use text::CowStr;
 

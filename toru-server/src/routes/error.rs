@@ -68,14 +68,6 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn unknown_plugin(id: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "unknown_plugin",
-            format!("there is no plugin {id:?}"),
-        )
-    }
-
     pub(crate) fn not_loadable(id: &str) -> Self {
         Self::new(
             StatusCode::CONFLICT,
@@ -117,83 +109,40 @@ impl ApiError {
 }
 
 impl From<CallError> for ApiError {
+    /// The library's table: one source for every caller (`toru_host::HTTP_ERRORS`).
     fn from(e: CallError) -> Self {
-        use StatusCode as S;
-        let error = match &e {
-            CallError::UnknownPlugin(_) => {
-                Self::new(S::NOT_FOUND, "unknown_plugin", "there is no such plugin")
-            }
-            CallError::Disabled(id) => Self::new(
-                S::NOT_FOUND,
-                "plugin_disabled",
-                format!("plugin {id:?} is disabled"),
-            ),
-            CallError::NotRunning {
-                id,
-                state,
-                retry_after,
-            } => Self::new(
-                S::SERVICE_UNAVAILABLE,
-                "plugin_unavailable",
-                format!("plugin {id:?} is not running now ({})", state.name()),
-            )
-            .with_retry_after(retry_after.unwrap_or(Duration::from_secs(1))),
-            CallError::Timeout { id, .. } => Self::new(
-                S::GATEWAY_TIMEOUT,
-                "plugin_timeout",
-                format!("plugin {id:?} did not answer in time"),
-            ),
-            CallError::Plugin { id, .. } => Self::new(
-                S::BAD_GATEWAY,
-                "plugin_error",
-                format!("plugin {id:?} could not handle the request"),
-            ),
-            CallError::ConnectionLost(id) => Self::new(
-                S::BAD_GATEWAY,
-                "plugin_connection_lost",
-                format!("plugin {id:?} went away before answering"),
-            ),
-            CallError::TooLarge { .. } => Self::new(
-                S::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request is too large to forward",
-            ),
-            CallError::ShuttingDown => shutting_down(),
-            _ => Self::internal(),
-        };
-        if error.status.is_server_error() {
+        if e.status().is_server_error() {
             tracing::warn!(error = %e, "plugin call failed");
         } else {
             tracing::debug!(error = %e, "plugin call refused");
         }
-        error
+        ApiError {
+            status: e.status(),
+            code: e.code(),
+            message: e.public_message(),
+            retry_after: e.retry_after(),
+            fields: None,
+        }
     }
 }
 
 impl From<ManageError> for ApiError {
     fn from(e: ManageError) -> Self {
         match &e {
-            ManageError::UnknownPlugin(id) => Self::unknown_plugin(id),
-            ManageError::NotLoadable { id, .. } => Self::not_loadable(id),
-            ManageError::ShuttingDown => shutting_down(),
-            ManageError::Config(config) => {
-                tracing::error!(error = %chain(&e), "cannot save a plugin change");
-                // The admin asked for the change and must know it did not happen, and why (a
-                // full disk, a read-only folder); the OS error names no secret.
-                let why = std::error::Error::source(config)
-                    .map_or_else(|| config.to_string(), ToString::to_string);
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "config_not_saved",
-                    format!(
-                        "the change could not be saved in config.json ({why}); nothing was changed"
-                    ),
-                )
+            ManageError::Config(_) => {
+                tracing::error!(error = %chain(&e), "cannot save a plugin change")
             }
-            _ => {
-                tracing::error!(error = %chain(&e), "managing a plugin failed");
-                Self::internal()
+            e if e.status().is_server_error() => {
+                tracing::error!(error = %chain(e), "managing a plugin failed")
             }
+            _ => {}
+        }
+        ApiError {
+            status: e.status(),
+            code: e.code(),
+            message: e.public_message(),
+            retry_after: e.retry_after(),
+            fields: None,
         }
     }
 }
@@ -208,15 +157,6 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "shutting_down",
-        "the server is shutting down",
-    )
-    .with_retry_after(Duration::from_secs(1))
 }
 
 /// The one place rejections become responses.
@@ -322,32 +262,16 @@ mod tests {
     }
 
     #[test]
-    fn call_errors_map_to_statuses_without_internals() {
-        let cases = [
-            (CallError::Disabled("a".into()), 404),
-            (
-                CallError::Timeout {
-                    id: "a".into(),
-                    after: Duration::from_secs(1),
-                },
-                504,
-            ),
-            (
-                CallError::Plugin {
-                    id: "a".into(),
-                    code: "x".into(),
-                    message: "secret internals".into(),
-                },
-                502,
-            ),
-            (CallError::ConnectionLost("a".into()), 502),
-            (CallError::TooLarge { len: 2, max: 1 }, 413),
-            (CallError::ShuttingDown, 503),
-        ];
-        for (e, status) in cases {
-            let api = ApiError::from(e);
-            assert_eq!(api.status.as_u16(), status, "{api:?}");
-            assert!(!api.message.contains("internals"));
-        }
+    fn call_errors_keep_the_librarys_status_and_hide_internals() {
+        let e = ApiError::from(CallError::Plugin {
+            id: "a".into(),
+            code: "x".into(),
+            message: "secret internals".into(),
+        });
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(e.code, "plugin_error");
+        assert!(!e.message.contains("internals"));
+        let e = ApiError::from(CallError::ShuttingDown);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
     }
 }

@@ -28,6 +28,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::auth::Auth;
+pub(crate) use access::SESSION_COOKIE;
 pub(crate) use error::ApiError;
 
 /// What every handler may use.

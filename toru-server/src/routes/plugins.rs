@@ -1,50 +1,49 @@
 //! `/plugins/<route>/<rest>`: every method forwarded to the plugin whose route is `/<route>`,
-//! with the full path `/<route>/<rest>`, the query and the body.
-//!
-//! The server's own credentials (the `Cookie` and `Authorization` headers) never reach a plugin,
-//! and hop-by-hop headers are dropped both ways. When the client goes away, the request's
-//! future is dropped and the host sends the plugin `cancel`.
+//! with the path `/<route>/<rest>`, through [`PluginHost::forward`](toru_host::PluginHost):
+//! bodies streamed both ways, errors, header rules and limits all from the library. WebSocket
+//! upgrades go through warp's `ws()` and the library's session. Both need the session cookie or
+//! the bearer secret, and an upgrade from another site is refused.
 
 use std::time::Instant;
 
-use bytes::Bytes;
-use toru_host::{PluginRequest, PluginResponse};
+use bytes::{Buf, Bytes};
+use futures_util::{SinkExt, Stream, TryStreamExt};
+use http_body_util::{Either, Empty, StreamBody};
+use toru_host::http::header::{CONTENT_LENGTH, SEC_WEBSOCKET_PROTOCOL, TRANSFER_ENCODING};
+use toru_host::http::{HeaderMap, HeaderValue, Method, Request};
+use toru_host::{
+    BridgeMessage, CallError, ClientFrame, ForwardedTo, PluginBody, WsMessage, WsUpgrade,
+};
 use warp::filters::BoxedFilter;
-use warp::filters::path::Tail;
-use warp::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use warp::http::{Method, StatusCode};
+use warp::filters::path::FullPath;
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::ws::{Message, Ws};
+use warp::{Filter, Rejection, Reply};
 
-use super::{ApiError, State, access, body, with_state};
+use super::{State, access, with_state};
 
-/// Headers that belong to one connection, never forwarded (RFC 9110, section 7.6.1), plus the
-/// non-standard ones proxies also drop.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// The server's credentials: a plugin must never see them.
-const CREDENTIALS: &[&str] = &["cookie", "authorization"];
+/// The path prefix of plugin routes.
+const PREFIX: &str = "/plugins";
 
 pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
-    warp::path("plugins")
-        .and(access::authenticated(state))
-        .and(warp::method())
-        .and(warp::path::tail())
+    let websocket = warp::ws()
+        .and(warp::path::full())
         .and(raw_query())
         .and(warp::header::headers_cloned())
-        .and(body::limited(state.max_body_bytes))
         .and(with_state(state))
-        .and_then(forward)
+        .and_then(websocket);
+    let http = warp::method()
+        .and(warp::path::full())
+        .and(raw_query())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with_state(state))
+        .and_then(forward);
+    // Authentication runs once, before the two branches (a wrong secret counts once).
+    warp::path("plugins")
+        .and(access::authenticated(state))
+        .and(access::same_origin_upgrade())
+        .and(websocket.or(http).unify())
         .boxed()
 }
 
@@ -53,173 +52,160 @@ fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infalli
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
-async fn forward(
+fn uri(path: &FullPath, query: &str) -> String {
+    if query.is_empty() {
+        path.as_str().to_owned()
+    } else {
+        format!("{}?{query}", path.as_str())
+    }
+}
+
+async fn forward<S, B>(
     method: Method,
-    tail: Tail,
+    path: FullPath,
     query: String,
     headers: HeaderMap,
-    body: Bytes,
+    body: S,
+    state: State,
+) -> Result<Response, Rejection>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
+    // HTTP/1 frames a body with `Content-Length` or `Transfer-Encoding`: without either there is
+    // none, and the plugin is told so in the request itself.
+    let framed = headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING);
+    let body = if framed {
+        Either::Left(StreamBody::new(body.map_ok(|mut b| {
+            http_body::Frame::data(b.copy_to_bytes(b.remaining()))
+        })))
+    } else {
+        Either::Right(Empty::<Bytes>::new())
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.headers_mut() = headers;
+    match uri(&path, &query).parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            return Ok(into_warp(
+                CallError::BadRequest("the path is not a valid URI".into()).to_response(),
+            ));
+        }
+    }
+    let started = Instant::now();
+    let response = state.host.forward(request, PREFIX).await;
+    if let Some(to) = response.extensions().get::<ForwardedTo>() {
+        crate::metrics::record_request(
+            &to.plugin_id,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+    }
+    Ok(into_warp(response))
+}
+
+async fn websocket(
+    ws: Ws,
+    path: FullPath,
+    query: String,
+    headers: HeaderMap,
     state: State,
 ) -> Result<Response, Rejection> {
-    let path = format!("/{}", tail.as_str());
-    let Some(id) = state.host.route_owner(&path) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_plugin",
-            "no plugin serves this path",
-        )
-        .reject());
+    let rest = path.as_str().strip_prefix(PREFIX).unwrap_or("/");
+    let Some(id) = state.host.route_owner(rest) else {
+        return Ok(into_warp(
+            CallError::UnknownPlugin(rest.to_owned()).to_response(),
+        ));
     };
-    let request = PluginRequest {
-        method: method.as_str().to_owned(),
-        path,
-        query,
-        headers: request_headers(&headers).map_err(ApiError::reject)?,
-        body,
+    let mut request = Request::new(());
+    *request.headers_mut() = headers;
+    let target = if query.is_empty() {
+        rest.to_owned()
+    } else {
+        format!("{rest}?{query}")
     };
+    match target.parse() {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(_) => {
+            return Ok(into_warp(
+                CallError::BadRequest("the path is not a valid URI".into()).to_response(),
+            ));
+        }
+    }
     let started = Instant::now();
-    let response = match state.host.request(&id, &request).await {
-        Ok(response) => into_response(response),
-        Err(e) => ApiError::from(e).into_response(),
+    let response = match state.host.websocket(&id, &request).await {
+        Ok(WsUpgrade::Accepted(session)) => {
+            let protocol = session
+                .protocol()
+                .and_then(|p| HeaderValue::from_str(p).ok());
+            let limit = state.host.max_ws_message_bytes();
+            let mut response = ws
+                .max_message_size(limit)
+                .max_frame_size(limit)
+                .on_upgrade(move |socket| {
+                    let socket = socket
+                        .map_ok(WarpMessage)
+                        .with(|m: WarpMessage| async move { Ok::<_, warp::Error>(m.0) });
+                    session.bridge(Box::pin(socket))
+                })
+                .into_response();
+            if let Some(protocol) = protocol {
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+            }
+            response
+        }
+        Ok(WsUpgrade::Refused(response)) => into_warp(response),
+        Err(e) => into_warp(e.to_response()),
     };
     crate::metrics::record_request(&id, response.status().as_u16(), started.elapsed());
     Ok(response)
 }
 
-/// Names listed in `Connection` headers: hop-by-hop for this message only.
-fn connection_tokens<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
-    values
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
+/// A warp WebSocket message, for the library's bridge.
+struct WarpMessage(Message);
+
+impl BridgeMessage for WarpMessage {
+    fn into_frame(self) -> ClientFrame {
+        let m = self.0;
+        if m.is_close() {
+            let (code, reason) = match m.close_frame() {
+                Some((code, reason)) => (Some(code), reason.to_owned()),
+                None => (None, String::new()),
+            };
+            ClientFrame::Close(code, reason)
+        } else if m.is_text() {
+            ClientFrame::Message(WsMessage::Text(m.to_str().unwrap_or_default().to_owned()))
+        } else if m.is_binary() {
+            ClientFrame::Message(WsMessage::Binary(m.into_bytes()))
+        } else {
+            ClientFrame::Ping
+        }
+    }
+
+    fn from_message(message: WsMessage) -> Self {
+        WarpMessage(match message {
+            WsMessage::Text(t) => Message::text(t),
+            WsMessage::Binary(b) => Message::binary(b),
+        })
+    }
+
+    fn close(code: u16, reason: &str) -> Self {
+        WarpMessage(Message::close_with(code, reason.to_owned()))
+    }
 }
 
-/// The headers a plugin gets: names in lower case, without credentials and hop-by-hop headers.
-/// A value that is not text is refused (400).
-pub(crate) fn request_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, ApiError> {
-    let listed = connection_tokens(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok()),
-    );
-    let mut out = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name = name.as_str();
-        if CREDENTIALS.contains(&name)
-            || HOP_BY_HOP.contains(&name)
-            || listed.iter().any(|t| t == name)
-        {
-            continue;
-        }
-        let value = std::str::from_utf8(value.as_bytes())
-            .map_err(|_| ApiError::bad_request(format!("header {name} is not UTF-8 text")))?;
-        out.push((name.to_owned(), value.to_owned()));
-    }
-    Ok(out)
-}
-
-/// The plugin's response as the client gets it: hop-by-hop headers and `Content-Length` (the
-/// server sets its own) dropped, and invalid headers skipped.
-pub(crate) fn into_response(plugin: PluginResponse) -> Response {
-    let status = StatusCode::from_u16(plugin.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let listed = connection_tokens(
-        plugin
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v.as_str()),
-    );
-    let mut response = Response::new(plugin.body.into());
-    *response.status_mut() = status;
-    let out = response.headers_mut();
-    for (name, value) in &plugin.headers {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            tracing::debug!(header = %name, "plugin sent an invalid header name; dropped");
-            continue;
-        };
-        let lower = name.as_str();
-        if HOP_BY_HOP.contains(&lower)
-            || lower == "content-length"
-            || listed.iter().any(|t| t == lower)
-        {
-            continue;
-        }
-        match HeaderValue::from_str(value) {
-            Ok(value) => {
-                out.append(name, value);
-            }
-            Err(_) => {
-                tracing::debug!(header = %name, "plugin sent an invalid header value; dropped")
-            }
-        }
-    }
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_and_hop_by_hop_headers_stay_here() {
-        let mut h = HeaderMap::new();
-        h.insert("cookie", HeaderValue::from_static("toru_session=x"));
-        h.insert("authorization", HeaderValue::from_static("Bearer s"));
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, X-Private"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("upgrade", HeaderValue::from_static("websocket"));
-        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
-        h.insert("x-private", HeaderValue::from_static("hop"));
-        h.insert("X-Custom", HeaderValue::from_static("kept"));
-        h.insert("host", HeaderValue::from_static("127.0.0.1:3000"));
-        let out = request_headers(&h).unwrap();
-        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["x-custom", "host"], "{out:?}");
-        assert_eq!(out[0].1, "kept");
-    }
-
-    #[test]
-    fn a_header_that_is_not_text_is_bad_input() {
-        let mut h = HeaderMap::new();
-        h.insert("x-bin", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
-        let err = request_headers(&h).unwrap_err();
-        assert_eq!(err.status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn plugin_responses_keep_status_headers_and_body() {
-        let r = into_response(PluginResponse {
-            status: 418,
-            headers: vec![
-                ("Content-Type".into(), "application/json".into()),
-                ("set-cookie".into(), "a=1".into()),
-                ("set-cookie".into(), "b=2".into()),
-                ("connection".into(), "close".into()),
-                ("transfer-encoding".into(), "chunked".into()),
-                ("content-length".into(), "999".into()),
-                ("bad header".into(), "x".into()),
-                ("x-bad-value".into(), "a\nb".into()),
-            ],
-            body: Bytes::from_static(b"{}"),
-        });
-        assert_eq!(r.status(), StatusCode::IM_A_TEAPOT);
-        let h = r.headers();
-        assert_eq!(h["content-type"], "application/json");
-        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
-        for gone in [
-            "connection",
-            "transfer-encoding",
-            "content-length",
-            "x-bad-value",
-        ] {
-            assert!(h.get(gone).is_none(), "{gone}");
-        }
-    }
+/// The library's response as warp's: a body in memory as it is, a stream as a stream (each
+/// chunk written as it comes, so `text/event-stream` is flushed per event).
+pub(crate) fn into_warp(response: toru_host::http::Response<PluginBody>) -> Response {
+    let (parts, body) = response.into_parts();
+    let body = match body.as_full() {
+        Some(bytes) => warp::reply::Response::new(Bytes::clone(bytes).into()).into_body(),
+        None => warp::reply::stream(body.into_stream())
+            .into_response()
+            .into_body(),
+    };
+    Response::from_parts(parts, body)
 }

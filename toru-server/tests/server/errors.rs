@@ -95,7 +95,12 @@ async fn a_plugin_that_is_down_is_503_with_retry_after() {
 async fn bodies_over_the_limit_are_413_and_bad_input_is_400() {
     let env = Env::new();
     env.install_rust_example();
-    let server = Server::start(&env, &["--max-body-bytes", "1024"]).await;
+    // hello-rust speaks protocol 2: its bodies stream, under --max-upload-bytes.
+    let server = Server::start(
+        &env,
+        &["--max-body-bytes", "1024", "--max-upload-bytes", "1024"],
+    )
+    .await;
     server.wait_running(&["hello-rust"]).await;
 
     let r = server

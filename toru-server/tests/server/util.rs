@@ -95,6 +95,18 @@ impl Env {
         self.install_file(&format!("{id}.binary"), script.as_bytes())
     }
 
+    /// `toru-test-plugin <mode> <id>` as `<id>.binary`, telling `notices` about every `cancel`
+    /// and `ws_close` it gets.
+    pub(crate) fn install_notifying_plugin(&self, mode: &str, id: &str, notices: &Notices) {
+        let bin = workspace_binary("toru-host", "toru-test-plugin");
+        let script = format!(
+            "#!/bin/sh\nexec '{}' {mode} {id} --notify='{}' \"$@\"\n",
+            bin.display(),
+            notices.path.display()
+        );
+        self.install_file(&format!("{id}.binary"), script.as_bytes());
+    }
+
     /// The arguments that point a server at this folder.
     pub(crate) fn args(&self) -> Vec<String> {
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
@@ -467,4 +479,58 @@ pub(crate) fn pid_file(env: &Env, file: &str) -> u64 {
         .trim()
         .parse()
         .expect("a pid")
+}
+
+/// What a notifying test plugin was told (`cancel <id>`, `ws_close <id> <code>`): one line per
+/// connection to a Unix socket in the test's folder.
+pub(crate) struct Notices {
+    pub(crate) path: PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Notices {
+    pub(crate) fn new(env: &Env) -> Notices {
+        let path = env.dir.path().join("n.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the notice socket");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = tx.send(line);
+                    }
+                });
+            }
+        });
+        Notices { path, lines }
+    }
+
+    /// Waits for a line that starts with `prefix` and returns it.
+    pub(crate) async fn wait_prefix(&mut self, prefix: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+            panic!("the notice socket closed before {prefix:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the plugin was never told {prefix:?}..."))
+    }
+}
+
+/// The resident set of process `pid`, in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub(crate) fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("a VmRSS line")
+        * 1024
 }

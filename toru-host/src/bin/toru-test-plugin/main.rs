@@ -10,6 +10,10 @@
 //! carry), `TORU_TEST_GATE` (a file `--metadata` waits for, in mode `metadata-gate`) and
 //! `TORU_TEST_MARKER` (a file whose absence makes `--metadata` hang once, in mode
 //! `metadata-slow-once`).
+//!
+//! Modes starting with `v2` speak protocol 2 (see `v2.rs`).
+
+mod v2;
 
 use std::time::Duration;
 
@@ -38,6 +42,11 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
         protocol: Some(VersionRange::SUPPORTED),
         frontend: false,
         license_required: false,
+        sandbox: if mode == "v2-sandboxed" {
+            vec!["allow-same-origin".into()]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     match mode {
@@ -159,6 +168,13 @@ async fn main() {
     let listener = UnixListener::bind(&path).expect("bind");
     let (stream, _) = listener.accept().await.expect("accept");
     drop(listener);
+    if mode.starts_with("v2") {
+        let notify = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--notify=").map(str::to_owned));
+        v2::serve(stream, mode, notify).await;
+        return;
+    }
     if mode == "spawn-child" {
         // A grandchild that would outlive us if the host did not kill our process group.
         #[allow(clippy::zombie_processes)] // the host kills and reaps the whole group
