@@ -1634,7 +1634,10 @@ class _Connection:
         if self.protocol == 1:
             if response.streamed:
                 body = await self._collect(body)
-            payload = {"status": response.status, "headers": response.headers}
+            # Version 1 bodies travel whole and the host frames them (section 5).
+            headers = [h for h in response.headers
+                       if h[0].lower() not in ("content-length", "transfer-encoding")]
+            payload = {"status": response.status, "headers": headers}
             if body:
                 try:
                     payload["body"] = body.decode("utf-8")
