@@ -1667,7 +1667,7 @@ class _Connection:
         else:
             await self._send_head(st, response, end_stream=False,
                                   endless=_is_event_stream(response.headers))
-            if st.closed:  # an event stream that began after shutdown: it has ended already
+            if st.closed:  # cancelled, or an event stream that began after shutdown (ended)
                 await _close_iterable(body)
                 return
             source = _async_iter(body)

@@ -5,6 +5,7 @@ host."""
 import asyncio
 import hashlib
 import json
+import threading
 import unittest
 
 from fakehost import END, MORE, TEXT, WINDOW, FakeHost, within
@@ -553,6 +554,18 @@ class Shutdown(Case):
                 self.seen.append("writer cancelled")
                 raise
 
+        self.tick = threading.Event()  # lets the plain handler below write again
+
+        @plugin.get("/sync-writer-events")
+        def sync_writer_events(req):
+            w = req.respond(content_type="text/event-stream; charset=utf-8")
+            w.send_event("first")
+            self.tick.wait(10)
+            try:
+                w.send_event("never")
+            except toru_plugin.Cancelled:
+                self.seen.append("sync writer cancelled")
+
         @plugin.get("/download")
         async def download(req):
             async def gen():
@@ -608,20 +621,25 @@ class Shutdown(Case):
     async def test_event_streams_end_at_once_and_downloads_get_the_grace(self):
         host = await self.start(self.plugin())
         events, writer = host.http("GET", "/d/events"), host.http("GET", "/d/writer-events")
+        sync_writer = host.http("GET", "/d/sync-writer-events")
         download = host.http("GET", "/d/download")
         self.assertEqual(await host.chunk(events), (0, b"data: 1\n\n"))
         self.assertEqual(await host.chunk(writer), (0, b"data: first\n\n"))
+        self.assertEqual(await host.chunk(sync_writer), (0, b"data: first\n\n"))
         self.assertEqual(await host.chunk(download), (0, b"part 1,"))
         host.send("shutdown", None, {})
-        for rid in (events, writer):
+        for rid in (events, writer, sync_writer):
             self.assertEqual(await host.chunk(rid), (END, b""))
-        await within("both producers to stop", _until(lambda: len(self.seen) == 2))
-        self.assertCountEqual(self.seen, ["events closed", "writer cancelled"])
+        self.tick.set()
+        await within("the producers to stop", _until(lambda: len(self.seen) == 3))
+        self.assertCountEqual(self.seen, ["events closed", "writer cancelled",
+                                          "sync writer cancelled"])
         self.assertTrue(host.streams[download].data.empty(), "the download goes on")
         self.release.set()
         self.assertEqual(await host.body(download), b"part 2")
         self.assertEqual(await host.exit_code(), 0)
-        self.assertEqual((host.after_end(events), host.after_end(writer)), ([], []))
+        self.assertEqual([host.after_end(rid) for rid in (events, writer, sync_writer)],
+                         [[], [], []])
         unsolicited = []
         while not host.unsolicited.empty():
             unsolicited.append(host.unsolicited.get_nowait())
