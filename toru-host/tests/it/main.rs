@@ -8,5 +8,6 @@ mod kv;
 mod lifecycle;
 mod logs;
 mod orphans;
+mod store_crash;
 mod supervision;
 mod util;
