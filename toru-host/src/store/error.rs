@@ -63,8 +63,8 @@ pub enum StoreError {
         /// The log file.
         path: PathBuf,
     },
-    /// The write-ahead log is damaged beyond its last record (which a crash may leave torn).
-    /// Neither file is changed.
+    /// The write-ahead log is damaged before its last record (which a crash may leave torn,
+    /// and which is then ignored). The log is left untouched.
     #[error("the store's log {} is damaged: {detail}; it was left untouched", path.display())]
     LogCorrupt {
         /// The log file.

@@ -91,8 +91,10 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens the database at `path`, creating the file, its folder and its tables when missing,
-    /// and the instance id on first open.
+    /// Opens the database at `path` and its log beside it (`path` with `.wal` added), creating
+    /// the files, their folder and the tables when missing, and the instance id on first open.
+    /// Writes the log holds beyond the last checkpoint (the store was not closed: a crash, a
+    /// kill) are applied again and made durable in the database before this returns.
     ///
     /// The whole file is checked on open, so a damaged file is reported rather than trusted.
     ///
@@ -100,7 +102,10 @@ impl Store {
     ///
     /// [`StoreError::Corrupt`] when the file is not a redb database or is damaged (the file is
     /// left untouched), [`StoreError::AlreadyOpen`] when another process or `Store` holds it,
-    /// [`StoreError::Open`] or [`StoreError::CreateDir`] for anything else; each names the path.
+    /// [`StoreError::LogMissing`] or [`StoreError::LogCorrupt`] when the log the database needs
+    /// is gone or damaged (the log is left untouched), [`StoreError::Log`] when it cannot be
+    /// read or written, [`StoreError::Open`] or [`StoreError::CreateDir`] for anything else;
+    /// each names the path.
     pub fn open(path: &Path, limits: KvLimits) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
