@@ -346,13 +346,17 @@ fn checkpoint_if_due(engine: &mut Engine) {
     }
 }
 
-/// Waits until a write is queued, a checkpoint is wanted or the store closes (true), or until
-/// `deadline` (false); without one, wakes after [`IDLE_WAKE`] to look for a due checkpoint.
+/// Waits until a write is queued (true), or until the store closes, a checkpoint is wanted, or
+/// `deadline` passes (false); without a deadline, wakes after [`IDLE_WAKE`] so that the caller
+/// can see whether a checkpoint is due.
 fn wait_for_work(shared: &Shared, deadline: Option<Instant>) -> bool {
     let mut queue = shared.queue();
     loop {
-        if !queue.ops.is_empty() || queue.closing || queue.checkpoint {
+        if !queue.ops.is_empty() {
             return true;
+        }
+        if queue.closing || queue.checkpoint {
+            return false;
         }
         let wait = match deadline {
             Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
