@@ -19,9 +19,10 @@
 //! Criterion reports writes per second as `thrpt`. The disk's speed drifts a lot when other work
 //! shares it (here, `fsync` takes anywhere from 0.1 to 5 ms), which makes a ratio of two figures
 //! measured a minute apart meaningless; so after criterion's figures, a paired comparison runs
-//! the three variants in alternating one-second slices (`TORU_KV_ROUNDS`, default 5, 0 to skip)
-//! and prints each round's ratios, their medians, and the latency of single writes (p50, p99,
-//! max) of each variant. Those paired figures are the ones to quote.
+//! the three variants in alternating slices (`TORU_KV_ROUNDS` rounds of three slices of
+//! `TORU_KV_SLICE_MS` each, default 20 of 250 ms; 0 rounds to skip) and prints each round's
+//! ratios, their medians, the ratios of all the rounds' writes together, and the latency of
+//! single writes (p50, p99, max) of each variant. Those paired figures are the ones to quote.
 //!
 //! The files go to the system's temp dir, or to `TORU_KV_DIR`: on a tmpfs
 //! (`TORU_KV_DIR=/dev/shm`) `fdatasync` costs nothing, which shows what each side costs besides
@@ -52,8 +53,10 @@ use toru_host::store::{KvLimits, PluginKv, Store};
 const WRITERS: u64 = 64;
 /// Plugins the writers are spread over.
 const PLUGINS: u64 = 8;
-/// One slice of the paired comparison.
-const SLICE: Duration = Duration::from_secs(1);
+/// One slice of the paired comparison, unless `TORU_KV_SLICE_MS` says otherwise.
+const SLICE: Duration = Duration::from_millis(250);
+/// Rounds of the paired comparison, unless `TORU_KV_ROUNDS` says otherwise.
+const ROUNDS: usize = 20;
 
 /// The same layout as the store's `plugin_kv` table: (plugin id, key) -> value.
 const TABLE: TableDefinition<'_, (&str, &str), &str> = TableDefinition::new("bench");
@@ -305,39 +308,36 @@ fn commit_per_write(g: &mut BenchmarkGroup<'_, WallTime>, plain: &mut Plain) {
 /// The paired comparison's results for one key set.
 #[derive(Default)]
 struct Paired {
+    /// Per round: the store with 64 writers, then with one, against commit-per-write.
     many: Vec<f64>,
     lone: Vec<f64>,
-    plain_latency: Vec<Duration>,
-    lone_latency: Vec<Duration>,
-    many_latency: Vec<Duration>,
+    /// Over all rounds: writes made and time taken by commit-per-write, 1 writer, 64 writers.
+    totals: [(f64, f64); 3],
+    latency: [Vec<Duration>; 3],
 }
 
 /// Runs commit-per-write, the store with one writer and the store with 64 writers in
 /// alternating slices (rotating which goes first), and prints each round's ratios.
-fn paired(plain: &mut Plain, through: &mut Through, rounds: usize) -> Paired {
+fn paired(plain: &mut Plain, through: &mut Through, rounds: usize, slice: Duration) -> Paired {
     let name = plain.keys.name;
     let mut out = Paired::default();
     for round in 0..rounds {
-        let (mut plain_rate, mut lone_rate, mut many_rate) = (0.0, 0.0, 0.0);
+        let mut rates = [0.0; 3];
         for step in 0..3 {
-            match (round + step) % 3 {
-                0 => {
-                    let (rate, latencies) = plain.run_for(SLICE);
-                    plain_rate = rate;
-                    out.plain_latency.extend(latencies);
-                }
-                1 => {
-                    let (rate, latencies) = through.run_for(1, SLICE);
-                    lone_rate = rate;
-                    out.lone_latency.extend(latencies);
-                }
-                _ => {
-                    let (rate, latencies) = through.run_for(WRITERS, SLICE);
-                    many_rate = rate;
-                    out.many_latency.extend(latencies);
-                }
-            }
+            let variant = (round + step) % 3;
+            let start = Instant::now();
+            let (rate, latencies) = match variant {
+                0 => plain.run_for(slice),
+                1 => through.run_for(1, slice),
+                _ => through.run_for(WRITERS, slice),
+            };
+            rates[variant] = rate;
+            let took = start.elapsed().as_secs_f64();
+            out.totals[variant].0 += rate * took;
+            out.totals[variant].1 += took;
+            out.latency[variant].extend(latencies);
         }
+        let [plain_rate, lone_rate, many_rate] = rates;
         let (many, lone) = (many_rate / plain_rate, lone_rate / plain_rate);
         println!(
             "paired {name} round {round}: commit per write {plain_rate:.0}/s, store 1 writer \
@@ -359,11 +359,13 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 fn durable_writes(c: &mut Criterion) {
-    let rounds: usize = std::env::var("TORU_KV_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let rounds = env("TORU_KV_ROUNDS").unwrap_or(ROUNDS);
+    let slice = env("TORU_KV_SLICE_MS").map_or(SLICE, Duration::from_millis);
     // Only under `cargo bench` (which passes `--bench`), not in `cargo test --benches`.
     let paired_too = rounds > 0 && std::env::args().any(|a| a == "--bench");
     let mut summary = Vec::new();
@@ -377,23 +379,29 @@ fn durable_writes(c: &mut Criterion) {
         through_store(&mut g, &mut through, WRITERS);
         g.finish();
         if paired_too {
-            summary.push((keys.name, paired(&mut plain, &mut through, rounds)));
+            summary.push((keys.name, paired(&mut plain, &mut through, rounds, slice)));
         }
         through.close();
     }
     for (name, mut p) in summary {
+        let rate = |(writes, secs): (f64, f64)| writes / secs;
+        let [plain, lone, many] = p.totals.map(rate);
         println!(
-            "paired {name}: median over {} rounds: store {WRITERS} writers {:.1}x commit per \
-             write, store 1 writer {:.2}x",
+            "paired {name}, {} rounds of {slice:?}: store {WRITERS} writers {:.1}x commit per \
+             write (median of rounds; {:.1}x over all: {many:.0}/s against {plain:.0}/s), \
+             store 1 writer {:.2}x (median; {:.2}x over all: {lone:.0}/s)",
             p.many.len(),
             median(&mut p.many),
+            many / plain,
             median(&mut p.lone),
+            lone / plain,
         );
-        for (what, latencies) in [
-            ("redb commit per write", &mut p.plain_latency),
-            ("store, 1 writer", &mut p.lone_latency),
-            ("store, 64 writers", &mut p.many_latency),
-        ] {
+        let names = [
+            "redb commit per write",
+            "store, 1 writer",
+            "store, 64 writers",
+        ];
+        for (what, latencies) in names.into_iter().zip(&mut p.latency) {
             println!(
                 "paired {name}: one write's latency, {what}: p50 {:?}, p99 {:?}, max {:?}",
                 percentile(latencies, 0.5),
