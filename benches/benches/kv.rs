@@ -28,6 +28,19 @@
 //! (`TORU_KV_DIR=/dev/shm`) `fdatasync` costs nothing, which shows what each side costs besides
 //! the disk.
 //!
+//! What the measurements below found (the store before the write-ahead log):
+//!
+//! - A lone durable redb commit writes about 9 pages with one `pwrite` each, then one
+//!   `fdatasync`. The store added the usage table's page to that, and two thread hand-offs (to
+//!   the writer thread and back to the caller's task): on a tmpfs, where `fdatasync` costs
+//!   nothing, 34 µs a write against redb's 24 µs.
+//! - With 64,000 keys a group commit of 64 writes wrote about 70 scattered pages before its
+//!   `fdatasync`, and the `fdatasync` took as long as writing them.
+//!
+//! Now a lone write costs one redb transaction committed without `fsync`, one `pwrite` of its
+//! log record and one `fdatasync` (13 µs on a tmpfs), and a group of 64 writes one record of
+//! about 8 KiB, whatever the keyspace; the pages are written at checkpoints.
+//!
 //! Where the time goes, with the commands used:
 //!
 //! ```text
