@@ -34,8 +34,9 @@ pub(crate) const MAX_BATCH_BYTES: usize = 16 << 20;
 /// The longest the writer waits for more writes before a commit; see [`gather`].
 const MAX_LINGER: Duration = Duration::from_micros(500);
 /// The queue's bound, in permits: a write takes one, plus one per KiB of its keys and values,
-/// so the queue holds at most 65,536 writes and 64 MiB. Writers beyond it wait for room.
-pub(crate) const QUEUE_PERMITS: usize = 64 * 1024;
+/// so the queue holds at most 65,536 writes and 64 MiB. Writers beyond it wait for room. (The
+/// crate's tests use a smaller bound, to reach it.)
+pub(crate) const QUEUE_PERMITS: usize = if cfg!(test) { 1024 } else { 64 * 1024 };
 /// How often the idle writer thread wakes to see whether a checkpoint is due.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
 /// After committing a group, the writer thread keeps the engine for four times that commit's
@@ -266,6 +267,12 @@ impl Writer {
     #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.shared.queue().ops.len()
+    }
+
+    /// Room left in the queue, in permits.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.shared.room.available_permits()
     }
 }
 

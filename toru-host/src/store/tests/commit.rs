@@ -8,6 +8,7 @@ use super::*;
 use crate::store::commit::CHECKPOINT_BYTES;
 use crate::store::log::{self, Log};
 use crate::store::record::Change;
+use crate::store::writer::QUEUE_PERMITS;
 use crate::store::{STORE_LOG, StoreError};
 
 /// Polls `done` (yielding the thread between looks) until it holds, failing after 10 s with
@@ -84,6 +85,39 @@ async fn writes_that_arrive_during_a_commit_share_the_next_one() {
     assert_eq!(
         store.kv("plugin3").get("key63").await.unwrap().as_deref(),
         Some("value63")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_wait_for_room_when_the_queue_is_full() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&db_path(&dir));
+    let held = store.inner.writer.hold_engine();
+    // Each write holds 2 permits (1 KiB of value): half as many as there are permits fit.
+    let value = "v".repeat(1024);
+    let writes: Vec<_> = (0..QUEUE_PERMITS)
+        .map(|i| {
+            let (kv, value) = (store.kv("p"), value.clone());
+            tokio::spawn(async move { kv.set(&format!("k{i:04}"), &value).await })
+        })
+        .collect();
+    let fit = QUEUE_PERMITS / 2;
+    until("a full queue", || store.inner.writer.queued() == fit);
+    assert_eq!(store.inner.writer.room(), 0);
+    let finished = writes.iter().filter(|w| w.is_finished()).count();
+    assert_eq!(finished, 0, "writes finished while the engine was held");
+    drop(held);
+    for write in writes {
+        within("a write that waited for room", write)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(store.inner.writer.room(), QUEUE_PERMITS);
+    let each = ("k0000".len() + value.len()) as u64;
+    assert_eq!(
+        store.kv("p").usage().await.unwrap(),
+        QUEUE_PERMITS as u64 * each
     );
 }
 
