@@ -12,9 +12,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use tokio::sync::oneshot;
 use toru_plugin_api::protocol::KV_LIST_MAX;
 
-use super::commit::Outcome;
 use super::error::{KvError, StoreError, storage};
-use super::writer::Op;
+use super::op::{Op, Outcome};
 use super::{PLUGIN_KV, PLUGIN_KV_USAGE, Store};
 
 /// Size limits for plugin KV.

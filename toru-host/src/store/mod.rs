@@ -27,11 +27,13 @@
 //! | `plugin_events_by_plugin` | (plugin id, time ms, sequence) | nothing (an index) |
 //! | `store_log` | name | where the log stands at the last checkpoint (`commit.rs`) |
 
+mod apply;
 mod commit;
 mod error;
 mod events;
 mod kv;
 mod log;
+mod op;
 mod record;
 mod settings;
 #[cfg(test)]
@@ -50,7 +52,8 @@ pub use kv::{KvLimits, PluginKv};
 
 use crate::events::{EventQuery, PluginEvent};
 use commit::Engine;
-use writer::{Op, Writer};
+use op::Op;
+use writer::Writer;
 
 pub(crate) const SETTINGS: TableDefinition<'_, &str, &str> = TableDefinition::new("settings");
 pub(crate) const PLUGIN_KV: TableDefinition<'_, (&str, &str), &str> =

@@ -21,11 +21,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 
-use super::KvError;
-use super::commit::{Engine, Outcome};
+use super::commit::Engine;
 use super::error::StoreError;
+use super::op::{Op, answer_all};
 
 /// The most writes committed in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -45,59 +45,9 @@ const IDLE_WAKE: Duration = Duration::from_secs(5);
 const MIN_HOLD: Duration = Duration::from_millis(1);
 const MAX_HOLD: Duration = Duration::from_millis(100);
 
-/// One write, with where to send its answer.
-pub(crate) enum Op {
-    KvSet {
-        plugin_id: Arc<str>,
-        key: String,
-        value: String,
-        reply: oneshot::Sender<Result<(), KvError>>,
-    },
-    KvDelete {
-        plugin_id: Arc<str>,
-        key: String,
-        reply: oneshot::Sender<Result<bool, KvError>>,
-    },
-    SetSetting {
-        key: String,
-        value: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    RecordEvent {
-        plugin_id: String,
-        time_ms: u64,
-        json: String,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    CleanupEvents {
-        older_than_ms: u64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
-}
-
-impl Op {
-    /// Bytes of keys and values.
-    fn size(&self) -> usize {
-        match self {
-            Op::KvSet {
-                plugin_id,
-                key,
-                value,
-                ..
-            } => plugin_id.len() + key.len() + value.len(),
-            Op::KvDelete { plugin_id, key, .. } => plugin_id.len() + key.len(),
-            Op::SetSetting { key, value, .. } => key.len() + value.len(),
-            Op::RecordEvent {
-                plugin_id, json, ..
-            } => plugin_id.len() + json.len(),
-            Op::CleanupEvents { .. } => 0,
-        }
-    }
-
-    /// The queue permits this write holds while queued.
-    fn permits(&self) -> u32 {
-        (1 + self.size() / 1024).min(QUEUE_PERMITS) as u32
-    }
+/// The queue permits `op` holds while queued.
+fn permits(op: &Op) -> u32 {
+    (1 + op.size() / 1024).min(QUEUE_PERMITS) as u32
 }
 
 /// The writer: the engine, the queue, and the thread that commits groups.
@@ -167,7 +117,7 @@ impl Writer {
         let Some(op) = self.try_inline(op)? else {
             return Ok(());
         };
-        let permits = op.permits();
+        let permits = permits(&op);
         self.shared
             .room
             .acquire_many(permits)
@@ -441,50 +391,5 @@ impl Drop for OnExit<'_> {
         drop(queue);
         self.0.room.close();
         drop(orphans);
-    }
-}
-
-fn answer_all(batch: impl IntoIterator<Item = Op>, result: Result<Vec<Outcome>, StoreError>) {
-    match result {
-        Ok(outcomes) => {
-            for (op, outcome) in batch.into_iter().zip(outcomes) {
-                answer(op, Ok(outcome));
-            }
-        }
-        Err(e) => {
-            for op in batch {
-                answer(op, Err(e.share()));
-            }
-        }
-    }
-}
-
-fn answer(op: Op, outcome: Result<Outcome, StoreError>) {
-    // A caller that gave up waiting has dropped its receiver; its write stands regardless.
-    match op {
-        Op::KvSet { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Refused(e)) => Err(e),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.into()),
-            });
-        }
-        Op::KvDelete { reply, .. } => {
-            let _ = reply.send(match outcome {
-                Ok(Outcome::Existed(existed)) => Ok(existed),
-                Ok(Outcome::Refused(e)) => Err(e),
-                Ok(_) => Ok(false),
-                Err(e) => Err(e.into()),
-            });
-        }
-        Op::SetSetting { reply, .. } | Op::RecordEvent { reply, .. } => {
-            let _ = reply.send(outcome.map(|_| ()));
-        }
-        Op::CleanupEvents { reply, .. } => {
-            let _ = reply.send(outcome.map(|o| match o {
-                Outcome::Count(n) => n,
-                _ => 0,
-            }));
-        }
     }
 }
