@@ -242,7 +242,14 @@ impl Engine {
                 table.insert(key, value).map_err(storage)?;
             }
         }
-        txn.commit().map_err(storage)?;
+        if let Err(e) = txn.commit() {
+            // The new salt may or may not be durable: records appended now could be unreadable
+            // at the next open, so nothing more is acknowledged until then.
+            let e = storage(e);
+            tracing::error!(error = %e, "store checkpoint failed; the store refuses writes until reopened");
+            self.failed = Some(e.share());
+            return Err(e);
+        }
         let path = self.log.path().to_path_buf();
         self.log
             .restart(salt, base, 2 * CHECKPOINT_BYTES)
@@ -264,8 +271,8 @@ impl Engine {
 
     /// The log, for tests.
     #[cfg(test)]
-    pub(crate) fn log(&self) -> &Log {
-        &self.log
+    pub(crate) fn log(&mut self) -> &mut Log {
+        &mut self.log
     }
 
     /// Whether redb and the log disagree after a failed commit (the final checkpoint is skipped

@@ -98,6 +98,9 @@ pub(crate) struct Log {
     /// The file's length: bytes written before (records or zeros) that appends overwrite.
     len: u64,
     zeros: Vec<u8>,
+    /// Makes the next append write half its record and fail, as a full disk would.
+    #[cfg(test)]
+    pub(crate) fail_next_append: bool,
 }
 
 impl Log {
@@ -113,6 +116,8 @@ impl Log {
             end: 0,
             len,
             zeros: Vec::new(),
+            #[cfg(test)]
+            fail_next_append: false,
         })
     }
 
@@ -165,6 +170,12 @@ impl Log {
         let end = self.end + record.len() as u64;
         if end > self.len {
             self.grow(end)?;
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_append) {
+            self.file
+                .write_all_at(&record[..record.len() / 2], self.end)?;
+            return Err(io::Error::other("injected failure"));
         }
         self.file.write_all_at(record, self.end)?;
         self.file.sync_data()?;

@@ -146,6 +146,39 @@ async fn the_log_is_checkpointed_and_starts_over_when_it_grows() {
     assert_eq!(store.kv("big").get("k19").await.unwrap(), Some(value));
 }
 
+#[tokio::test]
+async fn a_failed_log_append_fails_its_batch_and_the_next_write_starts_a_clean_log() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    let store = open(&path);
+    let kv = store.kv("p");
+    kv.set("before", "1").await.unwrap();
+    let checkpoints = stats(&store).checkpoints;
+    store
+        .inner
+        .writer
+        .with_engine(|e| e.log().fail_next_append = true);
+    let err = kv.set("lost", "2").await.unwrap_err();
+    match &err {
+        KvError::Storage(StoreError::Log { path: log_path, .. }) => {
+            assert_eq!(log_path, &log::path_for(&path))
+        }
+        other => panic!("expected a log error, got {other:?}"),
+    }
+    assert_eq!(err.code(), error_code::INTERNAL);
+    // The failed write is not visible, and the next one goes to a new log generation.
+    assert_eq!(kv.get("lost").await.unwrap(), None);
+    kv.set("after", "3").await.unwrap();
+    assert_eq!(stats(&store).checkpoints, checkpoints + 1);
+    assert_eq!(kv.usage().await.unwrap(), "before1after3".len() as u64);
+    within("close", store.close()).await.unwrap();
+
+    let store = open(&path);
+    let kv = store.kv("p");
+    assert_eq!(kv.get("lost").await.unwrap(), None);
+    assert_eq!(kv.get("after").await.unwrap().as_deref(), Some("3"));
+}
+
 /// What the last checkpoint recorded: (salt, base, applied, open).
 fn meta(path: &Path) -> [u64; 4] {
     let db = redb::Database::open(path).unwrap();
