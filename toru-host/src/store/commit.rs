@@ -9,8 +9,8 @@
 //! A commit without `fsync` keeps redb's changed pages in memory; a **checkpoint** (a durable
 //! redb commit) writes them all and `fsync`s once, records in the `store_log` table which log
 //! records it covers, and starts the log over. Checkpoints run when the log reaches
-//! [`CHECKPOINT_BYTES`], after [`CHECKPOINT_INTERVAL`] with changes, after
-//! [`IDLE_CHECKPOINT`] without a commit, and at close. The log costs one sequential write and one `fdatasync` per
+//! [`CHECKPOINT_BYTES`], after [`CHECKPOINT_INTERVAL`] with changes, after [`IDLE_CHECKPOINT`]
+//! without a commit, and at close. The log costs one sequential write and one `fdatasync` per
 //! batch, however many pages of the B-tree the batch changes: that is what lets group commit
 //! scale on a keyspace spread over many pages.
 //!
@@ -64,8 +64,9 @@ pub(crate) struct Engine {
     /// An append failed: the log may end in a torn or unacknowledged record, so nothing more is
     /// appended to this generation before a checkpoint starts a new one.
     log_broken: bool,
-    /// A batch is in the log but its redb commit failed: redb and the log disagree until the
-    /// store is reopened (which replays the log), so nothing more is committed.
+    /// A batch is in the log but its redb commit failed, or a checkpoint's commit failed (its
+    /// new salt may or may not be durable): redb and the log may disagree until the store is
+    /// reopened (which replays the log), so nothing more is committed.
     failed: Option<StoreError>,
     #[cfg(test)]
     pub(crate) stats: Stats,
