@@ -17,8 +17,10 @@
 //! ```
 //!
 //! Criterion reports writes per second as `thrpt`. The disk's speed drifts a lot when other work
-//! shares it (here, `fsync` takes anywhere from 0.1 to 5 ms), which makes a ratio of two figures
-//! measured a minute apart meaningless; so after criterion's figures, a paired comparison runs
+//! shares it (here, `fsync` takes anywhere from 0.1 to 5 ms: on the development VM an
+//! `fdatasync` issued while the machine is otherwise idle takes a whole 4 ms timer tick, and
+//! about 0.1 ms while another thread keeps a CPU busy, so figures swing between two regimes),
+//! which makes a ratio of two figures measured a minute apart meaningless; so after criterion's figures, a paired comparison runs
 //! the three variants in alternating slices (`TORU_KV_ROUNDS` rounds of three slices of
 //! `TORU_KV_SLICE_MS` each, default 20 of 250 ms; 0 rounds to skip) and prints each round's
 //! ratios, their medians, the ratios of all the rounds' writes together, and the latency of
