@@ -167,6 +167,9 @@ pub enum ManageError {
     /// The change could not be persisted; nothing was changed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Settings were refused: each field with its message. Nothing was changed.
+    #[error("the settings are not valid: {0}")]
+    InvalidSettings(crate::settings::SettingErrors),
     /// The plugins folder could not be read.
     #[error("cannot read plugins folder {dir}")]
     Scan {

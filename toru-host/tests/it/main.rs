@@ -10,5 +10,6 @@ mod lifecycle;
 mod live;
 mod logs;
 mod orphans;
+mod settings;
 mod supervision;
 mod util;
