@@ -176,6 +176,23 @@ impl From<ManageError> for ApiError {
             ManageError::UnknownPlugin(id) => Self::unknown_plugin(id),
             ManageError::NotLoadable { id, .. } => Self::not_loadable(id),
             ManageError::ShuttingDown => shutting_down(),
+            ManageError::InvalidSettings(errors) => {
+                let mut error = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_settings",
+                    format!("the settings are not valid: {errors}"),
+                );
+                error.fields = Some(Box::new(
+                    errors
+                        .0
+                        .iter()
+                        .map(|(field, message)| {
+                            (field.clone(), serde_json::Value::String(message.clone()))
+                        })
+                        .collect(),
+                ));
+                error
+            }
             ManageError::Config(config) => {
                 tracing::error!(error = %chain(&e), "cannot save a plugin change");
                 // The admin asked for the change and must know it did not happen, and why (a

@@ -12,4 +12,5 @@ mod license;
 mod lifecycle;
 mod live;
 mod routes;
+mod settings;
 mod util;
