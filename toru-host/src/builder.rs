@@ -40,6 +40,11 @@ pub struct PluginHostBuilder {
     pub(crate) launch_concurrency: usize,
     pub(crate) drain_timeout: Duration,
     pub(crate) spawn_fault: Option<SpawnFault>,
+    /// For the plugin checker: the one file the host loads, whatever else is in its folder
+    /// (and whatever its name).
+    pub(crate) only_file: Option<PathBuf>,
+    /// For the plugin checker: `config.json` somewhere else than the plugins folder.
+    pub(crate) config_file: Option<PathBuf>,
 }
 
 /// A test hook that makes chosen plugin spawns fail (see
@@ -90,6 +95,8 @@ impl Default for PluginHostBuilder {
             launch_concurrency: cpus(),
             drain_timeout: Duration::from_secs(30),
             spawn_fault: None,
+            only_file: None,
+            config_file: None,
         }
     }
 }
@@ -272,7 +279,10 @@ impl PluginHostBuilder {
     }
 
     pub(crate) fn config_path(&self) -> PathBuf {
-        self.plugin_dir.join(".metadata").join("config.json")
+        match &self.config_file {
+            Some(file) => file.clone(),
+            None => self.plugin_dir.join(".metadata").join("config.json"),
+        }
     }
 
     /// The database file the host opens: `<data dir>/toru.redb`. An application that needs the
