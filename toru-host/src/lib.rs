@@ -33,6 +33,11 @@
 //! parent-death signal, and a watchdog for everything it started), so this crate is Linux-only.
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod builder;
 mod check;
 mod config;
