@@ -72,14 +72,27 @@ impl PluginHost {
     ) -> Result<PluginInfo, ManageError> {
         let _turn = self.turn(id).await?;
         self.loadable(id)?;
-        let (specs, live) = {
+        let (specs, live, upgrade_waits) = {
             let reg = self.shared.registry();
-            let meta = reg
+            let entry = reg
                 .plugins
                 .get(id)
-                .and_then(|e| e.metadata())
                 .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
-            (settings::declared(meta), meta.live_settings)
+            let meta = entry
+                .metadata()
+                .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
+            let mut specs = settings::declared(meta);
+            // What a new version, held back for want of them, declares may be set too.
+            for spec in &entry.pending_settings {
+                if !specs.iter().any(|s| s.name == spec.name) {
+                    specs.push(spec.clone());
+                }
+            }
+            (
+                specs,
+                meta.live_settings,
+                !entry.pending_settings.is_empty(),
+            )
         };
         let (changed, values) = {
             let mut config = self.shared.config();
@@ -133,6 +146,17 @@ impl PluginHost {
             applied.as_str()
         ));
         self.shared.announce(id, vec![event]).await;
+        if upgrade_waits {
+            // Its new version may start now: try the upgrade again, in the background (it takes
+            // this plugin's turn, which this call holds).
+            self.shared.update(id, |e| e.rejected = None);
+            let host = self.clone();
+            self.shared.tasks.spawn(async move {
+                if let Err(e) = host.rescan().await {
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot rescan the plugins folder");
+                }
+            });
+        }
         self.get(id)
     }
 
@@ -159,7 +183,15 @@ impl PluginHost {
             .get(LICENSE_KEY)
             .is_some_and(|v| !v.is_null());
         info.settings = match &info.metadata {
-            Some(meta) => settings::views(&settings::declared(meta), &stored(config, &info.id)),
+            Some(meta) => {
+                let mut specs = settings::declared(meta);
+                for spec in &info.pending_settings {
+                    if !specs.iter().any(|s| s.name == spec.name) {
+                        specs.push(spec.clone());
+                    }
+                }
+                settings::views(&specs, &stored(config, &info.id))
+            }
             None => Vec::new(),
         };
     }

@@ -162,6 +162,9 @@ pub struct PluginInfo {
     /// The settings it takes (its metadata's, and `license_key` when it needs a license), each
     /// with the value in effect; a secret only as set or not set.
     pub settings: Vec<crate::settings::SettingView>,
+    /// What a new version held back for want of settings declares (shown with `settings`).
+    #[serde(skip)]
+    pub(crate) pending_settings: Vec<toru_plugin_api::protocol::SettingSpec>,
     /// How the plugin's processes are kept together: its running (or last) process's
     /// containment, else the host's. `None` only for a plugin that cannot be loaded.
     pub containment: Option<Containment>,
@@ -193,6 +196,9 @@ pub(crate) struct Entry {
     /// Counts changes of its settings, so that a process started with older ones is sent the
     /// new ones once it is ready.
     pub(crate) settings_gen: u64,
+    /// The settings a new version of its file declares, when that version could not start for
+    /// want of them (a new required setting): they may be set before it runs.
+    pub(crate) pending_settings: Vec<toru_plugin_api::protocol::SettingSpec>,
     pub(crate) conn: Option<Connection>,
     pub(crate) runner: Option<Runner>,
     /// The containment and enforcement of the running (or last) process.
@@ -229,6 +235,7 @@ impl Entry {
             draining: 0,
             protocol_version: None,
             settings_gen: 0,
+            pending_settings: Vec::new(),
             conn: None,
             runner: None,
             contained: None,
@@ -272,6 +279,7 @@ impl Entry {
             protocol_version: self.protocol_version,
             license_key_set: false,
             settings: Vec::new(),
+            pending_settings: self.pending_settings.clone(),
             containment: self.contained.map(|c| c.0),
             limits: Limits::default(),
             limit_overrides: LimitOverrides::default(),

@@ -25,6 +25,7 @@ pub use policy::{HealthPolicy, RestartPolicy};
 
 use crate::discovery::Found;
 use crate::events::ExitStatus;
+use crate::settings;
 use crate::shared::Shared;
 use crate::state::PluginState;
 use crate::state::machine::{AfterCrash, Change, Ended};
@@ -352,9 +353,17 @@ impl Supervisor {
                 };
                 let text = ended.reason.clone();
                 let hash = found.hash;
+                // Held back by its settings (a new required one): an operator may set what the
+                // new version declares, and the upgrade is tried again.
+                let pending = matches!(reason, EndReason::Settings(_))
+                    .then(|| found.result.as_ref().map(settings::declared).ok())
+                    .flatten();
                 self.shared
                     .transition(&self.id, Change::UpgradeFailed { ended }, |e| {
-                        e.rejected = hash
+                        e.rejected = hash;
+                        if let Some(pending) = pending {
+                            e.pending_settings = pending;
+                        }
                     })
                     .await;
                 Ok(Upgrade::Failed(text))

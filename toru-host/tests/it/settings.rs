@@ -262,3 +262,44 @@ async fn a_plugin_that_takes_no_license_key_refuses_one() {
     );
     host.shutdown().await;
 }
+
+/// A new version that needs a setting the running one does not declare: the upgrade fails and
+/// the old version serves on; the new setting is shown and may be set, and setting it tries the
+/// upgrade again.
+#[tokio::test]
+async fn an_upgrade_held_back_by_a_new_required_setting_goes_ahead_once_it_is_set() {
+    let env = Env::new();
+    env.install_test_plugin("serve", "u");
+    let host = started(&env, &["u"]).await;
+    let mut rx = host.subscribe();
+    env.replace_atomically(
+        "u.binary",
+        test_plugin_script("settings", "u", &[("TORU_TEST_VERSION", "2.0.0")]).as_bytes(),
+    );
+    host.rescan().await.unwrap();
+    let failed = wait_event(&mut rx, "u", EventKind::UpgradeFailed).await;
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("setting \"endpoint\" is required"),
+        "{reason}"
+    );
+    let info = host.get("u").unwrap();
+    assert_eq!(
+        info.state,
+        PluginState::Running,
+        "the old version serves on"
+    );
+    let names: Vec<&str> = info.settings.iter().map(|s| s.spec.name.as_str()).collect();
+    assert!(names.contains(&"endpoint"), "{names:?}");
+
+    host.set_settings("u", &changes(json!({"endpoint": "https://example.net"})))
+        .await
+        .unwrap();
+    wait_event(&mut rx, "u", EventKind::Upgraded).await;
+    let info = host.get("u").unwrap();
+    assert_eq!(info.metadata.unwrap().version, "2.0.0");
+    assert_eq!(info.upgrade_error, None);
+    let (got, _) = seen(&host, "u").await;
+    assert_eq!(got["endpoint"], "https://example.net");
+    host.shutdown().await;
+}

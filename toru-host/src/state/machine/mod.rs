@@ -390,6 +390,7 @@ impl Entry {
             Change::Upgraded { .. } | Change::Replaced { .. } => {
                 self.upgrade_error = None;
                 self.rejected = None;
+                self.pending_settings.clear();
             }
             Change::UpgradeFailed { ended } => self.upgrade_error = Some(ended.reason.clone()),
             Change::Rejected { reason } => self.upgrade_error = Some(reason.clone()),
