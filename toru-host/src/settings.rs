@@ -174,7 +174,8 @@ pub struct SettingErrors(pub Vec<(String, String)>);
 /// that removes it.
 ///
 /// # Errors
-/// Every refused name with its message; then nothing is applied.
+/// Every refused name with its message, in the declarations' order (names the plugin does not
+/// take last); then nothing is applied.
 pub(crate) fn apply(
     specs: &[SettingSpec],
     stored: &Values,
@@ -205,6 +206,15 @@ pub(crate) fn apply(
     if errors.is_empty() {
         Ok(next)
     } else {
+        // In the form's order, names the plugin does not take last: whatever order the
+        // request's object had.
+        let rank = |name: &str| {
+            specs
+                .iter()
+                .position(|s| s.name == name)
+                .unwrap_or(usize::MAX)
+        };
+        errors.sort_by(|(a, _), (b, _)| rank(a).cmp(&rank(b)).then_with(|| a.cmp(b)));
         Err(SettingErrors(errors))
     }
 }

@@ -60,7 +60,7 @@ async fn a_required_setting_keeps_the_plugin_from_starting_until_it_is_set() {
         panic!("{err}")
     };
     let names: Vec<&str> = fields.0.iter().map(|(f, _)| f.as_str()).collect();
-    assert_eq!(names, ["api_token", "mode", "nope", "retries", "verbose"]);
+    assert_eq!(names, ["retries", "verbose", "mode", "api_token", "nope"]);
     let config = env.plugins().join(".metadata/config.json");
     let text = std::fs::read_to_string(&config).unwrap_or_default();
     assert!(!text.contains("example.net"), "nothing stored: {text}");
