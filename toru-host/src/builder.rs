@@ -49,6 +49,11 @@ pub struct PluginHostBuilder {
     pub(crate) max_response_headers: usize,
     pub(crate) max_response_head_bytes: usize,
     pub(crate) protected_cookies: Vec<String>,
+    /// For the plugin checker: the one file the host loads, whatever else is in its folder
+    /// (and whatever its name).
+    pub(crate) only_file: Option<PathBuf>,
+    /// For the plugin checker: `config.json` somewhere else than the plugins folder.
+    pub(crate) config_file: Option<PathBuf>,
 }
 
 /// A test hook that makes chosen plugin spawns fail (see
@@ -107,6 +112,8 @@ impl Default for PluginHostBuilder {
             max_response_headers: 128,
             max_response_head_bytes: 64 * 1024,
             protected_cookies: Vec::new(),
+            only_file: None,
+            config_file: None,
         }
     }
 }
@@ -358,7 +365,10 @@ impl PluginHostBuilder {
     }
 
     pub(crate) fn config_path(&self) -> PathBuf {
-        self.plugin_dir.join(".metadata").join("config.json")
+        match &self.config_file {
+            Some(file) => file.clone(),
+            None => self.plugin_dir.join(".metadata").join("config.json"),
+        }
     }
 
     /// The database file the host opens: `<data dir>/toru.redb`. An application that needs the

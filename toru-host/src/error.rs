@@ -214,6 +214,9 @@ pub enum ManageError {
     /// The change could not be persisted; nothing was changed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Settings were refused: each field with its message. Nothing was changed.
+    #[error("the settings are not valid: {0}")]
+    InvalidSettings(crate::settings::SettingErrors),
     /// The plugins folder could not be read.
     #[error("cannot read plugins folder {dir}")]
     Scan {
@@ -264,6 +267,7 @@ http_errors! {
     "plugin_disabled" 404 false "the plugin is installed but disabled";
     "outside_route" 404 false "the path is not under the plugin's route";
     "not_loadable" 409 false "the plugin failed to load; its details say why";
+    "bad_settings" 400 false "settings a plugin's declarations refuse, or that it does not take (a message per field)";
     "bad_request" 400 false "the request cannot be forwarded (a header that is not text, an invalid path)";
     "payload_too_large" 413 false "the request body is larger than the host accepts";
     "plugin_unavailable" 503 true "the plugin is starting, backing off after a crash, or has failed";
@@ -403,6 +407,7 @@ impl ManageError {
         match self {
             ManageError::UnknownPlugin(_) => "unknown_plugin",
             ManageError::NotLoadable { .. } => "not_loadable",
+            ManageError::InvalidSettings(_) => "bad_settings",
             ManageError::Config(_) => "config_not_saved",
             ManageError::Scan { .. } => "internal",
             ManageError::ShuttingDown => "shutting_down",
@@ -437,6 +442,7 @@ impl ManageError {
                 format!("the change could not be saved in config.json ({why}); nothing was changed")
             }
             ManageError::Scan { .. } => "the server could not do that; its log says why".into(),
+            ManageError::InvalidSettings(errors) => format!("the settings are not valid: {errors}"),
             ManageError::ShuttingDown => "the server is shutting down".into(),
         }
     }

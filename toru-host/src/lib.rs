@@ -64,6 +64,11 @@
 //! so this crate is Linux-only.
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod body;
 mod builder;
 mod check;
@@ -80,6 +85,7 @@ mod host;
 pub mod logs;
 mod process;
 mod request;
+mod settings;
 mod shared;
 mod state;
 pub mod store;
@@ -103,6 +109,7 @@ pub use host::{ForwardedTo, PluginHost, PluginInfo, PluginState, ScanReport};
 pub use http;
 pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
 pub use request::{PluginRequest, PluginResponse};
+pub use settings::{SettingErrors, SettingView};
 pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};
 pub use supervisor::{HealthPolicy, RestartPolicy};
 pub use websocket::{

@@ -47,6 +47,11 @@
 //! ```
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod codec;
 pub mod license;
 pub mod protocol;

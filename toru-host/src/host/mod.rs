@@ -6,6 +6,7 @@ mod forward;
 mod limits;
 mod manage;
 mod rescan;
+mod settings;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ pub use calls::ForwardedTo;
 pub(crate) use calls::client_response;
 pub use rescan::ScanReport;
 pub(crate) use rescan::ScanState;
+pub(crate) use settings::{send as send_settings, stored as stored_settings};
 
 use crate::builder::{PluginHostBuilder, create_dir};
 use crate::config::Config;
@@ -32,7 +34,6 @@ use crate::logs::{LogError, LogPage, LogQuery, PluginLogs};
 use crate::shared::Shared;
 use crate::state::Registry;
 use crate::store::{PluginKv, Store, StoreError};
-use manage::has_license_key;
 
 /// A running plugin host. Cheap to clone; every clone is the same host.
 ///
@@ -187,7 +188,7 @@ impl PluginHost {
             .collect();
         let config = self.shared.config();
         for info in &mut infos {
-            info.license_key_set = has_license_key(&config, &info.id);
+            self.fill_settings(&config, info);
             self.fill_limits(&config, info);
         }
         infos
@@ -206,7 +207,7 @@ impl PluginHost {
             .map(|e| e.info(now_millis()))
             .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
         let config = self.shared.config();
-        info.license_key_set = has_license_key(&config, id);
+        self.fill_settings(&config, &mut info);
         self.fill_limits(&config, &mut info);
         Ok(info)
     }

@@ -10,6 +10,7 @@ mod lifecycle;
 mod live;
 mod logs;
 mod orphans;
+mod settings;
 mod store_crash;
 mod streams;
 mod supervision;

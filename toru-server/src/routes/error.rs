@@ -137,12 +137,24 @@ impl From<ManageError> for ApiError {
             }
             _ => {}
         }
+        let fields = match &e {
+            ManageError::InvalidSettings(errors) => Some(Box::new(
+                errors
+                    .0
+                    .iter()
+                    .map(|(field, message)| {
+                        (field.clone(), serde_json::Value::String(message.clone()))
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        };
         ApiError {
             status: e.status(),
             code: e.code(),
             message: e.public_message(),
             retry_after: e.retry_after(),
-            fields: None,
+            fields,
         }
     }
 }
