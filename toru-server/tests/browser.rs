@@ -531,3 +531,50 @@ async fn rescan_button_finds_a_new_plugin_and_shows_a_removed_one_as_missing() {
     })
     .await;
 }
+
+/// The example plugins' pages are live: each shows the ticks its plugin streams as server-sent
+/// events (protocol 2, through toru-server's streamed responses), and the count goes on rising
+/// while the page is open, one event at a time, not one buffered answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_pages_show_their_live_ticks() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.login().await;
+        for (id, ticks) in [
+            (
+                "hello-rust",
+                "Number(document.querySelector('#hello-rust-ticks')?.textContent)",
+            ),
+            (
+                "hello-python",
+                "Number(document.querySelector('#hello-python-ticks')?.dataset.tick)",
+            ),
+        ] {
+            b.wait(&sidebar_dot(id, "green"), &format!("{id} in the sidebar"))
+                .await;
+            b.click(&format!("#sidebar-plugin-list [data-plugin-id='{id}']"))
+                .await;
+            b.wait(
+                "#plugin-view[data-status='mounted']",
+                &format!("{id}'s view mounted"),
+            )
+            .await;
+            let first = b
+                .wait_js(
+                    &format!("{id}'s first tick"),
+                    &format!("return {ticks} >= 1 && {ticks}"),
+                )
+                .await;
+            let first = first.as_f64().expect("a tick number");
+            b.wait_js(
+                &format!("{id}'s ticks to go on after {first}"),
+                &format!("return {ticks} > {first}"),
+            )
+            .await;
+            b.click("#nav-plugins").await;
+            b.wait("#manager", "the Plugin Manager").await;
+        }
+    })
+    .await;
+}
