@@ -71,18 +71,18 @@ mod config;
 mod connection;
 mod contain;
 mod discovery;
-pub mod error;
-pub mod events;
+mod error;
+mod events;
 #[doc(hidden)]
 pub mod fuzz;
 mod headers;
 mod host;
-pub mod logs;
+mod logs;
 mod process;
 mod request;
 mod shared;
 mod state;
-pub mod store;
+mod store;
 mod supervisor;
 mod websocket;
 
@@ -94,17 +94,23 @@ pub use contain::limits::{
     Bytes, Cores, Enforcement, Enforcer, Limit, LimitErrors, LimitKind, LimitOverrides, Limits,
 };
 pub use error::{
-    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, SpawnError, StartError,
-    error_response,
+    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, StartError, error_response,
 };
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
-pub use host::{ForwardedTo, PluginHost, PluginInfo, PluginState, ScanReport};
+pub use host::{ForwardedTo, NotReady, PluginHost, PluginInfo, PluginState, ScanReport};
 /// The `http` crate this one speaks, so that an application uses the same version.
 pub use http;
-pub use logs::{LogConfig, LogEntry, LogPage, LogQuery, LogSource};
+pub use logs::{
+    LogConfig, LogEntry, LogError, LogPage, LogQuery, LogSource, SUPERVISOR_LOG, SupervisorEntry,
+};
 pub use request::{PluginRequest, PluginResponse};
-pub use store::{KvError, KvLimits, PluginKv, Store, StoreError};
+pub use store::{AppSettings, KvError, KvLimits, PluginKv, Store, StoreError};
 pub use supervisor::{HealthPolicy, RestartPolicy};
+/// Types of the plugin protocol that this crate's API shows: a plugin's metadata and the
+/// settings it declares, its protocol versions, log levels, and the KV listing limit.
+pub use toru_plugin_api::protocol::{
+    KV_LIST_MAX, Level, PluginMetadata, SettingKind, SettingSpec, VersionRange,
+};
 pub use websocket::{
     BridgeMessage, ClientFrame, WebSocketSession, WsClosed, WsEvent, WsMessage, WsReceiver,
     WsSender, WsUpgrade,

@@ -16,6 +16,15 @@
 //!
 //! Unix only: plugins talk to their host over Unix domain sockets.
 //!
+//! # Cargo features
+//!
+//! - `sdk` (default): the SDK ([`sdk`], [`run`], [`serve`], [`Plugin`], ...). Brings `license`.
+//! - `license` (default): [`license`] keys, issued and checked (Ed25519 and HMAC-SHA256).
+//!
+//! Without them (`default-features = false`) the crate is the protocol and the codec only, which
+//! is all a host needs: `toru-host` builds that way, without the SDK's and the license
+//! verifier's dependencies.
+//!
 //! # A whole plugin
 //!
 //! Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
@@ -48,14 +57,17 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+#[cfg(feature = "license")]
 pub mod license;
 pub mod protocol;
+#[cfg(feature = "sdk")]
 pub mod sdk;
 #[cfg(test)]
 mod testutil;
 
 pub use codec::{CodecError, DataFlags, DataFrame, Frame, FrameCodec, Incoming};
 pub use protocol::{Level, Message, Payload, PluginMetadata};
+#[cfg(feature = "sdk")]
 pub use sdk::{
     Body, BodyWriter, CloseFrame, HttpError, HttpResult, InitError, IntoResponse, Kv, KvError,
     Plugin, PluginContext, Request, Response, Router, ServeError, Sse, StreamError, ToruPlugin,
@@ -64,10 +76,11 @@ pub use sdk::{
 
 /// The Rust examples of `docs/plugin-guide.md`, compiled as doctests so that the guide cannot
 /// drift from the SDK.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "sdk"))]
 #[doc = include_str!("../../docs/plugin-guide.md")]
 pub struct PluginGuide;
 
 /// The attribute that `impl ToruPlugin` blocks need, re-exported so a plugin does not have to
 /// depend on `async-trait` itself.
+#[cfg(feature = "sdk")]
 pub use async_trait::async_trait;
