@@ -25,35 +25,40 @@
 //! is all a host needs: `toru-host` builds that way, without the SDK's and the license
 //! verifier's dependencies.
 //!
-//! # A whole plugin
-//!
-//! Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
-//! `?` turns a KV failure into a 500 and a body that is not the JSON expected into a 400; the
-//! router answers 404 and 405 itself.
-//!
-//! ```no_run
-//! use serde_json::json;
-//! use toru_plugin_api::{HttpResult, Plugin, PluginContext, PluginMetadata, Request, Response, Router};
-//!
-//! async fn hello(ctx: PluginContext, _: Request) -> HttpResult {
-//!     Ok(Response::json(200, &json!({ "hello": ctx.instance_id() })))
-//! }
-//!
-//! async fn visit(ctx: PluginContext, _: Request) -> HttpResult {
-//!     let visits = ctx.kv().get("visits").await?.and_then(|v| v.parse().ok()).unwrap_or(0u64) + 1;
-//!     ctx.kv().set("visits", &visits.to_string()).await?;
-//!     ctx.info(format!("visit {visits}"));
-//!     Ok(Response::json(200, &json!({ "visits": visits })))
-//! }
-//!
-//! fn main() {
-//!     let meta = PluginMetadata::new("counter", "Counter", "0.1.0", "/counter")
-//!         .with_description("Counts visits in the host's key-value store.")
-//!         .with_icon("🔢");
-//!     let routes = Router::new().get("/", hello).post("/visit", visit);
-//!     toru_plugin_api::run(Plugin::new(meta, routes))
-//! }
-//! ```
+#![cfg_attr(
+    feature = "sdk",
+    doc = r##"
+# A whole plugin
+
+Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
+`?` turns a KV failure into a 500 and a body that is not the JSON expected into a 400; the
+router answers 404 and 405 itself.
+
+```no_run
+use serde_json::json;
+use toru_plugin_api::{HttpResult, Plugin, PluginContext, PluginMetadata, Request, Response, Router};
+
+async fn hello(ctx: PluginContext, _: Request) -> HttpResult {
+    Ok(Response::json(200, &json!({ "hello": ctx.instance_id() })))
+}
+
+async fn visit(ctx: PluginContext, _: Request) -> HttpResult {
+    let visits = ctx.kv().get("visits").await?.and_then(|v| v.parse().ok()).unwrap_or(0u64) + 1;
+    ctx.kv().set("visits", &visits.to_string()).await?;
+    ctx.info(format!("visit {visits}"));
+    Ok(Response::json(200, &json!({ "visits": visits })))
+}
+
+fn main() {
+    let meta = PluginMetadata::new("counter", "Counter", "0.1.0", "/counter")
+        .with_description("Counts visits in the host's key-value store.")
+        .with_icon("🔢");
+    let routes = Router::new().get("/", hello).post("/visit", visit);
+    toru_plugin_api::run(Plugin::new(meta, routes))
+}
+```
+"##
+)]
 #![deny(missing_docs)]
 
 pub mod codec;
