@@ -174,7 +174,7 @@ impl PluginKv {
     }
 
     /// Keys that start with `prefix` (empty for all), in byte order, after `after` when given,
-    /// at most `limit` of them (capped at [`KV_LIST_MAX`]; 0 returns none). To page, pass the
+    /// at most `limit` of them (capped at [`KV_LIST_MAX`], 1000; 0 returns none). To page, pass the
     /// last key of one page as the next page's `after`.
     ///
     /// # Errors

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 use toru_host::{
-    CallError, EventKind, ExitStatus, ManageError, NotReady, PluginRequest, PluginState,
-    RestartPolicy, Store, StoreError,
+    CallError, EventKind, EventQuery, ExitStatus, LogQuery, ManageError, NotReady, PluginRequest,
+    PluginState, RestartPolicy, Store, StoreError, WsEvent, WsMessage, WsUpgrade,
 };
 
 use crate::util::{Env, WAIT, alive, pid_of, start_with, started, wait_event, wait_gone};
@@ -291,7 +291,7 @@ async fn host_events(env: &Env) -> Vec<EventKind> {
     b.enable_new_plugins(false);
     let host = start_with(&b).await;
     let mut kinds: Vec<_> = host
-        .events(&toru_host::EventQuery::all().with_page(0, 1000))
+        .events(&EventQuery::all().with_page(0, 1000))
         .await
         .unwrap()
         .into_iter()
@@ -375,5 +375,82 @@ async fn every_shutdown_call_waits_until_the_host_has_stopped() {
     // Both return only once the plugin is gone, whichever started the shutdown.
     tokio::join!(a.shutdown(), b.shutdown());
     assert!(!alive(pid), "the plugin still runs after shutdown returned");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_websocket_by_path_reaches_the_plugin_that_owns_the_route() {
+    let env = Env::new();
+    env.install_test_plugin("v2", "t");
+    let host = started(&env, &["t"]).await;
+    let request = |path: &str| toru_host::http::Request::get(path).body(()).unwrap();
+    let WsUpgrade::Accepted(mut session) = host.websocket_by_path(&request("/t/ws")).await.unwrap()
+    else {
+        panic!("the plugin accepts");
+    };
+    assert_eq!(session.plugin_id(), "t");
+    session.send(WsMessage::Text("hi".into())).await.unwrap();
+    let echo = tokio::time::timeout(WAIT, session.recv()).await.unwrap();
+    assert!(
+        matches!(&echo, WsEvent::Message(WsMessage::Text(t)) if t == "HI"),
+        "{echo:?}"
+    );
+    session.close(1000, "done").await;
+    let e = host
+        .websocket_by_path(&request("/nobody/ws"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CallError::UnknownPlugin(_)), "{e:?}");
+    assert_eq!(e.plugin_id(), None);
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bundle_a_plugin_does_not_have_is_no_bundle_whether_it_runs_or_not() {
+    let env = Env::new();
+    env.install_rust_example();
+    env.install_test_plugin("never-init", "slow");
+    let host = env.start().await;
+    host.wait_ready("hello-rust", WAIT).await.unwrap();
+    let script = host.bundle("hello-rust").await.unwrap();
+    assert!(script.contains("export"), "a module: {script:.80}");
+    // The test plugin's metadata says it has no frontend: not asked, though it is not running.
+    let e = host.bundle("slow").await.unwrap_err();
+    assert!(
+        matches!(e, CallError::NoBundle(ref id) if id == "slow"),
+        "{e:?}"
+    );
+    assert_eq!((e.status().as_u16(), e.code()), (404, "no_bundle"));
+    assert_eq!(e.plugin_id(), Some("slow"));
+    let e = host.bundle("nope").await.unwrap_err();
+    assert!(matches!(e, CallError::UnknownPlugin(_)), "{e:?}");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn logs_and_events_of_a_plugin_the_host_does_not_know_are_unknown_plugin() {
+    let env = Env::new();
+    env.install_test_plugin("serve", "x");
+    env.install_file("broken plugin #1.binary", b"#!/bin/sh\nexit 3\n");
+    let host = started(&env, &["x"]).await;
+
+    let e = host.logs("nope", &LogQuery::default()).await.unwrap_err();
+    assert!(matches!(e, ManageError::UnknownPlugin(_)), "{e:?}");
+    let e = host.events(&EventQuery::plugin("nope")).await.unwrap_err();
+    assert!(matches!(e, ManageError::UnknownPlugin(_)), "{e:?}");
+
+    // A file that failed to load is known by its name, which cannot name a log file: it has
+    // an empty log and its events.
+    let name = "broken plugin #1.binary";
+    assert!(host.get(name).unwrap().load_error.is_some());
+    let page = host.logs(name, &LogQuery::new(0, 10)).await.unwrap();
+    assert!(page.entries.is_empty() && !page.has_more, "{page:?}");
+    let events = host.events(&EventQuery::plugin(name)).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::LoadFailed),
+        "{events:?}"
+    );
+    let page = host.logs("x", &LogQuery::default()).await.unwrap();
+    assert_eq!(page.page_size, LogQuery::DEFAULT_PAGE_SIZE);
     host.shutdown().await;
 }
