@@ -1,4 +1,4 @@
-//! Durable KV writes through `toru_host::store::Store` against plain redb committing one
+//! Durable KV writes through `toru_host::Store` against plain redb committing one
 //! `Durability::Immediate` transaction per write, on the same file system in the same run.
 //!
 //! Both sides are durable when a write returns, write the same keys with the same 100-byte
@@ -62,7 +62,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group};
 use redb::{Database, Durability, TableDefinition};
 use tempfile::TempDir;
-use toru_host::store::{KvLimits, PluginKv, Store};
+use toru_host::{KvLimits, PluginKv, Store};
 
 /// Concurrent writers through the store.
 const WRITERS: u64 = 64;

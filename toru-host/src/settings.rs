@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use toru_plugin_api::PluginMetadata;
-use toru_plugin_api::license::LICENSE_KEY_SETTING;
+use toru_plugin_api::protocol::LICENSE_KEY_SETTING;
 use toru_plugin_api::protocol::{SettingKind, SettingSpec};
 
 /// Setting values by name, as `config.json` keeps them and the plugin gets them.

@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 
-use toru_host::store::{KvLimits, Store};
+use toru_host::{KvLimits, Store};
 
 /// Concurrent writers.
 const WRITERS: u64 = 8;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use toru_plugin_api::license::LICENSE_KEY_SETTING as LICENSE_KEY;
+use toru_plugin_api::protocol::LICENSE_KEY_SETTING as LICENSE_KEY;
 use toru_plugin_api::protocol::{Message, Payload, SettingsUpdate};
 
 use crate::config::Config;

@@ -87,9 +87,15 @@ pub enum StoreError {
     /// write in its batch.
     #[error("database storage failed")]
     Storage(#[source] Arc<redb::Error>),
-    /// The store was closed.
+    /// The store was closed (the host shut down).
     #[error("the store is closed")]
     Closed,
+    /// The setting belongs to the host: an application may read it but not write it.
+    #[error("the setting {name:?} belongs to the host and cannot be written")]
+    Reserved {
+        /// The setting's name.
+        name: String,
+    },
 }
 
 impl StoreError {
@@ -180,7 +186,7 @@ pub enum KvError {
     /// The database failed.
     #[error("kv storage failed")]
     Storage(#[source] StoreError),
-    /// The store was closed.
+    /// The store was closed (the host shut down).
     #[error("the store is closed")]
     Closed,
 }

@@ -18,6 +18,7 @@ use super::{PLUGIN_KV, PLUGIN_KV_USAGE, Store};
 
 /// Size limits for plugin KV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KvLimits {
     /// The longest key, in bytes. Default 1024.
     pub max_key_len: usize,
@@ -34,6 +35,27 @@ impl Default for KvLimits {
             max_value_len: 1024 * 1024,
             max_bytes_per_plugin: 64 * 1024 * 1024,
         }
+    }
+}
+
+/// Setters for building on the defaults: `KvLimits::default().with_...(..)`.
+impl KvLimits {
+    /// The same limits with [`max_key_len`](Self::max_key_len) set.
+    pub fn with_max_key_len(mut self, max_key_len: usize) -> Self {
+        self.max_key_len = max_key_len;
+        self
+    }
+
+    /// The same limits with [`max_value_len`](Self::max_value_len) set.
+    pub fn with_max_value_len(mut self, max_value_len: usize) -> Self {
+        self.max_value_len = max_value_len;
+        self
+    }
+
+    /// The same limits with [`max_bytes_per_plugin`](Self::max_bytes_per_plugin) set.
+    pub fn with_max_bytes_per_plugin(mut self, max_bytes_per_plugin: u64) -> Self {
+        self.max_bytes_per_plugin = max_bytes_per_plugin;
+        self
     }
 }
 
@@ -152,7 +174,7 @@ impl PluginKv {
     }
 
     /// Keys that start with `prefix` (empty for all), in byte order, after `after` when given,
-    /// at most `limit` of them (capped at [`KV_LIST_MAX`]; 0 returns none). To page, pass the
+    /// at most `limit` of them (capped at [`KV_LIST_MAX`], 1000; 0 returns none). To page, pass the
     /// last key of one page as the next page's `after`.
     ///
     /// # Errors

@@ -27,6 +27,7 @@
 //! | `plugin_events_by_plugin` | (plugin id, time ms, sequence) | nothing (an index) |
 //! | `store_log` | name | where the log stands at the last checkpoint (`commit.rs`) |
 
+mod app;
 mod apply;
 mod commit;
 mod error;
@@ -48,6 +49,7 @@ use redb::{Database, TableDefinition};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+pub use app::AppSettings;
 pub use error::{KvError, StoreError};
 pub use kv::{KvLimits, PluginKv};
 
@@ -67,10 +69,27 @@ pub(crate) const PLUGIN_EVENTS_BY_PLUGIN: TableDefinition<'_, (&str, u64, u64), 
     TableDefinition::new("plugin_events_by_plugin");
 pub(crate) const STORE_LOG: TableDefinition<'_, &str, u64> = TableDefinition::new("store_log");
 
-/// The host's database. Cheap to clone; every clone is the same store.
+/// The host's database, `<data dir>/toru.redb`, opened directly: for tools that run while no
+/// host does (a command that resets an application setting, a backup, a benchmark of the KV
+/// store). A running host keeps its database to itself: opening it again fails with
+/// [`StoreError::AlreadyOpen`], and a host hands out only narrow handles to it
+/// ([`PluginHost::kv`](crate::PluginHost::kv), [`PluginHost::app_settings`](crate::PluginHost::app_settings)).
 ///
-/// The writer thread ends, and the file is released, when [`Store::close`] is called or the
-/// last clone (including every [`PluginKv`] made from it) is dropped.
+/// Cheap to clone; every clone is the same store. The writer thread ends, and the file is
+/// released, when [`Store::close`] is called or the last clone (including every [`PluginKv`]
+/// and [`AppSettings`] made from it) is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), toru_host::StoreError> {
+/// use toru_host::{KvLimits, Store};
+/// let store = Store::open("./data/toru.redb".as_ref(), KvLimits::default())?;
+/// store.app_settings().set("greeting", "hello").await?;
+/// let visits = store.kv("hello-rust").get("counter").await.ok().flatten();
+/// println!("{visits:?}");
+/// store.close().await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -160,12 +179,17 @@ impl Store {
         PluginKv::new(self.clone(), plugin_id)
     }
 
+    /// The application's own settings in this database (see [`AppSettings`]).
+    pub fn app_settings(&self) -> AppSettings {
+        AppSettings::new(self.clone())
+    }
+
     /// The setting `key`, if set. Reads inline: settings are few and small.
     ///
     /// # Errors
     ///
     /// [`StoreError::Closed`] after [`Store::close`]; [`StoreError::Storage`] when the read fails.
-    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let db = self.db()?;
         settings::get(&db, key)
     }
@@ -176,7 +200,7 @@ impl Store {
     ///
     /// [`StoreError::Closed`] after [`Store::close`]; [`StoreError::Storage`] when the commit
     /// fails.
-    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub(crate) async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         self.write(Op::SetSetting {
             key: key.to_owned(),
@@ -193,7 +217,7 @@ impl Store {
     ///
     /// [`StoreError::Closed`] after [`Store::close`]; [`StoreError::Storage`] when the commit
     /// fails.
-    pub async fn record_event(&self, event: &PluginEvent) -> Result<(), StoreError> {
+    pub(crate) async fn record_event(&self, event: &PluginEvent) -> Result<(), StoreError> {
         let json = serde_json::to_string(event).map_err(|e| StoreError::Invalid {
             what: "event",
             detail: e.to_string(),
@@ -216,7 +240,7 @@ impl Store {
     /// # Errors
     ///
     /// [`StoreError::Closed`] after [`Store::close`]; [`StoreError::Storage`] when the read fails.
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<PluginEvent>, StoreError> {
+    pub(crate) async fn events(&self, query: &EventQuery) -> Result<Vec<PluginEvent>, StoreError> {
         let query = query.clone();
         self.read(move |db| events::query(db, &query)).await
     }
@@ -228,7 +252,7 @@ impl Store {
     ///
     /// [`StoreError::Closed`] after [`Store::close`]; [`StoreError::Storage`] when the commit
     /// fails.
-    pub async fn cleanup_events(&self, older_than_ms: u64) -> Result<u64, StoreError> {
+    pub(crate) async fn cleanup_events(&self, older_than_ms: u64) -> Result<u64, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.write(Op::CleanupEvents {
             older_than_ms,

@@ -4,6 +4,7 @@
 mod check;
 mod contain;
 mod discovery;
+mod embed;
 mod forwarding;
 mod kv;
 mod lifecycle;

@@ -3,7 +3,7 @@
 //! keeps the plugin from starting; secrets never leave the host but to the plugin.
 
 use serde_json::{Map, Value, json};
-use toru_host::events::EventKind;
+use toru_host::EventKind;
 use toru_host::{ManageError, PluginHost, PluginRequest, PluginState};
 
 use crate::util::*;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use toru_host::store::{KvLimits, Store};
+use toru_host::{KvLimits, Store};
 
 /// Kills, each at a random moment.
 const ROUNDS: u32 = 10;

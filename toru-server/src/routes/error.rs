@@ -68,14 +68,6 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn not_loadable(id: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "not_loadable",
-            format!("plugin {id:?} failed to load; its details say why"),
-        )
-    }
-
     pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -278,11 +270,17 @@ mod tests {
         let e = ApiError::from(CallError::Plugin {
             id: "a".into(),
             code: "x".into(),
-            message: "secret internals".into(),
+            message: "the item is locked".into(),
         });
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert_eq!(e.code, "plugin_error");
-        assert!(!e.message.contains("internals"));
+        // The plugin's own words reach the client; the host's do not.
+        assert!(e.message.ends_with("the item is locked"), "{}", e.message);
+        let e = ApiError::from(CallError::BadResponse {
+            id: "a".into(),
+            reason: "secret internals".into(),
+        });
+        assert!(!e.message.contains("internals"), "{}", e.message);
         let e = ApiError::from(CallError::ShuttingDown);
         assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
     }

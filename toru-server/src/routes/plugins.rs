@@ -113,11 +113,6 @@ async fn websocket(
     state: State,
 ) -> Result<Response, Rejection> {
     let rest = path.as_str().strip_prefix(PREFIX).unwrap_or("/");
-    let Some(id) = state.host.route_owner(rest) else {
-        return Ok(into_warp(
-            CallError::UnknownPlugin(rest.to_owned()).to_response(),
-        ));
-    };
     let mut request = Request::new(());
     *request.headers_mut() = headers;
     let target = if query.is_empty() {
@@ -134,8 +129,9 @@ async fn websocket(
         }
     }
     let started = Instant::now();
-    let response = match state.host.websocket(&id, &request).await {
+    let (response, plugin) = match state.host.websocket_by_path(&request).await {
         Ok(WsUpgrade::Accepted(session)) => {
+            let plugin = session.plugin_id().to_owned();
             let protocol = session
                 .protocol()
                 .and_then(|p| HeaderValue::from_str(p).ok());
@@ -155,12 +151,20 @@ async fn websocket(
                     .headers_mut()
                     .insert(SEC_WEBSOCKET_PROTOCOL, protocol);
             }
-            response
+            (response, Some(plugin))
         }
-        Ok(WsUpgrade::Refused(response)) => into_warp(response),
-        Err(e) => into_warp(e.to_response()),
+        Ok(WsUpgrade::Refused(response)) => {
+            let plugin = response
+                .extensions()
+                .get::<ForwardedTo>()
+                .map(|to| to.plugin_id.clone());
+            (into_warp(response), plugin)
+        }
+        Err(e) => (into_warp(e.to_response()), e.plugin_id().map(str::to_owned)),
     };
-    crate::metrics::record_request(&id, response.status().as_u16(), started.elapsed());
+    if let Some(plugin) = plugin {
+        crate::metrics::record_request(&plugin, response.status().as_u16(), started.elapsed());
+    }
     Ok(response)
 }
 
