@@ -346,7 +346,7 @@ async fn probe_pid_namespace() -> Option<Option<(Vec<u8>, Vec<u8>)>> {
                 ..ChildSetup::default()
             },
         );
-        let ran = match cmd.spawn() {
+        let ran = match crate::process::spawner::spawn(cmd) {
             Ok(mut child) => tokio::time::timeout(Duration::from_secs(5), child.wait())
                 .await
                 .is_ok_and(|s| s.is_ok_and(|s| s.success())),

@@ -268,7 +268,7 @@ async fn run_metadata(
     container
         .prepare(&mut cmd)
         .map_err(|e| LoadError::Invalid(format!("cannot contain it for --metadata: {e}")))?;
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = crate::process::spawner::spawn(cmd).map_err(|e| {
         let why = match explain::script_problem(file, e.raw_os_error()) {
             Some(problem) => format!("cannot run it with --metadata: {problem} ({e})"),
             None => format!("cannot run it with --metadata: {e}"),

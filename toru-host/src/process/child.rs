@@ -33,9 +33,10 @@ pub(crate) struct PidNamespace {
 /// Sets `cmd` up to do what `setup` says in the child, after making it receive SIGKILL when
 /// the host dies, however the host ends.
 ///
-/// Linux sends the parent-death signal when the *thread* that forked the child exits, so
-/// plugins must be spawned from the async runtime's worker threads (which live as long as the
-/// runtime), never from a `spawn_blocking` thread that may be retired while the plugin runs.
+/// Linux sends the parent-death signal when the *thread* that forked the child exits, so a
+/// command set up here is started with [`spawner::spawn`](super::spawner::spawn), from a thread
+/// that lives as long as the process, never with `Command::spawn` on a runtime thread that may
+/// end while the plugin runs.
 ///
 /// With a PID namespace, the forked child stays outside it as a *relay*: it forks the plugin
 /// as the namespace's process 1, waits for it, and exits as it did. The relay is what the host

@@ -3,6 +3,7 @@
 
 pub(crate) mod child;
 mod reaper;
+pub(crate) mod spawner;
 
 pub(crate) use reaper::Reaper;
 
@@ -104,7 +105,7 @@ pub(crate) fn spawn(
         errno: e.raw_os_error(),
     };
     container.prepare(&mut cmd).map_err(exec_error)?;
-    let mut child = cmd.spawn().map_err(exec_error)?;
+    let mut child = spawner::spawn(cmd).map_err(exec_error)?;
     let pid = child.id().expect("a child that was just spawned has a pid");
     container.started(pid);
     Ok(Spawned {
