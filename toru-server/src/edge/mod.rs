@@ -12,7 +12,9 @@
 //!   longest idle connection and retry once its descriptor is free, else back off;
 //! - graceful shutdown: stop accepting, let requests in flight finish, close idle connections.
 //!
-//! Each request carries the client's address as a [`PeerAddr`] extension.
+//! Requests go first to the edge's own routes ([`Direct`]: toru-server serves `/plugins/` there,
+//! as plain functions, before warp's filter chain), then to the service, each with the client's
+//! address as a [`PeerAddr`] extension.
 
 mod conn;
 pub(crate) mod fdlimit;
@@ -24,6 +26,7 @@ mod socket;
 mod tests;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +50,42 @@ use slots::Slots;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
+/// Routes the edge serves itself, before the service.
+pub(crate) trait Direct: Clone + Send + Sync + 'static {
+    /// The body of their responses.
+    type Body: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+        + Send
+        + 'static;
+
+    /// The response to `request` from the client at `peer` when the route is one of these;
+    /// else the request back, for the service.
+    fn route(
+        &self,
+        request: Request<Incoming>,
+        peer: PeerAddr,
+    ) -> Result<impl Future<Output = Response<Self::Body>> + Send + 'static, Request<Incoming>>;
+}
+
+/// No routes of the edge's own: everything goes to the service.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoDirect;
+
+#[cfg(test)]
+impl Direct for NoDirect {
+    type Body = http_body_util::Empty<bytes::Bytes>;
+
+    fn route(
+        &self,
+        request: Request<Incoming>,
+        _: PeerAddr,
+    ) -> Result<impl Future<Output = Response<Self::Body>> + Send + 'static, Request<Incoming>>
+    {
+        Err::<std::future::Ready<_>, _>(request)
+    }
+}
+
 /// How the edge treats connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EdgeConfig {
@@ -61,13 +100,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts and serves connections until `shutdown` is cancelled, then stops accepting and waits
-/// for the connections to finish their requests (the caller bounds that wait).
-pub(crate) async fn serve<S, B>(
+/// for the connections to finish their requests (the caller bounds that wait). Requests go to
+/// `direct`, and those it does not take to `service`.
+pub(crate) async fn serve<S, B, D>(
     listener: TcpListener,
     service: S,
+    direct: D,
     config: EdgeConfig,
     shutdown: CancellationToken,
 ) where
+    D: Direct,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -83,6 +125,7 @@ pub(crate) async fn serve<S, B>(
         slots: Arc::clone(&slots),
         builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
         service,
+        direct,
         timeouts: config.timeouts,
         shutdown: shutdown.clone(),
     };
