@@ -58,13 +58,16 @@ pub(crate) trait Direct: Clone + Send + Sync + 'static {
         + Send
         + 'static;
 
-    /// The response to `request` from the client at `peer` when the route is one of these;
-    /// else the request back, for the service.
-    fn route(
+    /// Whether `request` is for one of these routes (else it goes to the service).
+    fn takes(&self, request: &Request<Incoming>) -> bool;
+
+    /// The response to `request` (one these routes [`take`](Self::takes)) from the client at
+    /// `peer`.
+    fn serve(
         &self,
         request: Request<Incoming>,
         peer: PeerAddr,
-    ) -> Result<impl Future<Output = Response<Self::Body>> + Send + 'static, Request<Incoming>>;
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
 }
 
 /// No routes of the edge's own: everything goes to the service.
@@ -76,13 +79,16 @@ pub(crate) struct NoDirect;
 impl Direct for NoDirect {
     type Body = http_body_util::Empty<bytes::Bytes>;
 
-    fn route(
+    fn takes(&self, _: &Request<Incoming>) -> bool {
+        false
+    }
+
+    fn serve(
         &self,
-        request: Request<Incoming>,
+        _: Request<Incoming>,
         _: PeerAddr,
-    ) -> Result<impl Future<Output = Response<Self::Body>> + Send + 'static, Request<Incoming>>
-    {
-        Err::<std::future::Ready<_>, _>(request)
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static {
+        std::future::ready(Response::new(http_body_util::Empty::new()))
     }
 }
 

@@ -64,20 +64,21 @@ where
             body,
             guard: Some(guard),
         };
-        match self.direct.route(request, self.peer) {
-            Ok(response) => Box::pin(async move {
+        if self.direct.takes(&request) {
+            let response = self.direct.serve(request, self.peer);
+            Box::pin(async move {
                 let response = response.await;
                 Ok(response.map(|body| tracked(Either::Right(body))))
-            }),
-            Err(mut request) => {
-                request.extensions_mut().insert(self.peer);
-                // warp's service is always ready.
-                let response = self.inner.clone().call(request);
-                Box::pin(async move {
-                    let response = response.await?;
-                    Ok(response.map(|body| tracked(Either::Left(body))))
-                })
-            }
+            })
+        } else {
+            let mut request = request;
+            request.extensions_mut().insert(self.peer);
+            // warp's service is always ready.
+            let response = self.inner.clone().call(request);
+            Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| tracked(Either::Left(body))))
+            })
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use toru_host::http::{Request, Response};
 use toru_host::{ForwardedTo, PluginBody};
+use tracing::Instrument as _;
 
 use super::{State, access};
 use crate::edge::{Direct, PeerAddr};
@@ -30,16 +31,16 @@ pub(crate) struct PluginRoutes {
 impl Direct for PluginRoutes {
     type Body = PluginBody;
 
-    fn route(
+    fn takes(&self, request: &Request<Incoming>) -> bool {
+        is_plugin_path(request.uri().path())
+    }
+
+    fn serve(
         &self,
         request: Request<Incoming>,
         peer: PeerAddr,
-    ) -> Result<impl Future<Output = Response<PluginBody>> + Send + 'static, Request<Incoming>>
-    {
-        if !is_plugin_path(request.uri().path()) {
-            return Err(request);
-        }
-        Ok(forward(std::sync::Arc::clone(&self.state), request, peer))
+    ) -> impl Future<Output = Response<PluginBody>> + Send + 'static {
+        forward(std::sync::Arc::clone(&self.state), request, peer)
     }
 }
 
@@ -49,7 +50,49 @@ fn is_plugin_path(path: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-async fn forward(state: State, request: Request<Incoming>, peer: PeerAddr) -> Response<PluginBody> {
+/// The target of the request log lines: warp's, whose trace filter logs every other route, so
+/// that one `RUST_LOG` setting (`warp::filters::trace=warn` by default: a line per failed
+/// request) covers the plugin routes too.
+const TRACE_TARGET: &str = "warp::filters::trace";
+
+/// Forwards one request, logged as warp's trace filter logs the other routes (a `request` span
+/// with the client's address, method, path and version; its outcome by status).
+fn forward(
+    state: State,
+    request: Request<Incoming>,
+    peer: PeerAddr,
+) -> impl Future<Output = Response<PluginBody>> + Send + 'static {
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "request",
+        remote.addr = %peer.0,
+        method = %request.method(),
+        path = %request.uri().path(),
+        version = ?request.version(),
+    );
+    async move {
+        tracing::info!(target: TRACE_TARGET, "processing request");
+        let response = admit_and_forward(state, request, peer).await;
+        let status = response.status();
+        if status.is_success() {
+            tracing::info!(target: TRACE_TARGET, status = status.as_u16(), "finished processing with success");
+        } else if status.is_server_error() {
+            tracing::error!(target: TRACE_TARGET, status = status.as_u16(), "unable to process request (internal error)");
+        } else if status.is_client_error() {
+            tracing::warn!(target: TRACE_TARGET, status = status.as_u16(), "unable to serve request (client error)");
+        } else {
+            tracing::info!(target: TRACE_TARGET, status = status.as_u16(), "finished processing with status");
+        }
+        response
+    }
+    .instrument(span)
+}
+
+async fn admit_and_forward(
+    state: State,
+    request: Request<Incoming>,
+    peer: PeerAddr,
+) -> Response<PluginBody> {
     if let Err(refused) = access::admit(&state, request.method(), request.headers(), peer.0).await {
         return refused.into_http().map(PluginBody::full);
     }
