@@ -59,12 +59,13 @@ async fn main() {
         .data_dir(dir.path().join("data"))
         .log_dir(dir.path().join("logs"))
         .socket_dir(dir.path())
-        .restart_policy(RestartPolicy {
-            initial_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(1),
-            max_consecutive_crashes: u32::MAX,
-            reset_after: Duration::from_secs(3600),
-        })
+        .restart_policy(
+            RestartPolicy::default()
+                .with_initial_delay(Duration::from_millis(1))
+                .with_max_delay(Duration::from_millis(1))
+                .with_max_consecutive_crashes(u32::MAX)
+                .with_reset_after(Duration::from_secs(3600)),
+        )
         .start()
         .await
         .unwrap();

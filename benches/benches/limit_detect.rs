@@ -60,16 +60,14 @@ async fn measure(containment: Option<Containment>) {
         .data_dir(dir.path().join("data"))
         .log_dir(dir.path().join("logs"))
         .socket_dir(dir.path())
-        .default_limits(Limits {
-            memory: Limit::At(Bytes(64 << 20)),
-            ..Limits::default()
-        })
-        .restart_policy(RestartPolicy {
-            initial_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(1),
-            max_consecutive_crashes: u32::MAX,
-            reset_after: Duration::from_secs(3600),
-        });
+        .default_limits(Limits::default().with_memory(Limit::At(Bytes(64 << 20))))
+        .restart_policy(
+            RestartPolicy::default()
+                .with_initial_delay(Duration::from_millis(1))
+                .with_max_delay(Duration::from_millis(1))
+                .with_max_consecutive_crashes(u32::MAX)
+                .with_reset_after(Duration::from_secs(3600)),
+        );
     if let Some(c) = containment {
         builder.containment(c);
     }

@@ -63,10 +63,7 @@ fn host_in(dir: &Path) -> toru_host::PluginHostBuilder {
         .data_dir(dir.join("data"))
         .log_dir(dir.join("logs"))
         .socket_dir(dir)
-        .health_policy(HealthPolicy {
-            interval: Duration::from_secs(3600),
-            ..HealthPolicy::default()
-        });
+        .health_policy(HealthPolicy::default().with_interval(Duration::from_secs(3600)));
     b
 }
 

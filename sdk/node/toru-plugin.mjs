@@ -481,6 +481,10 @@ export function sse(source, { headers = [], keepAliveMs = 15_000 } = {}) {
   );
 }
 
+function isEventStream(headers) {
+  return headers.some(([n, v]) => n === "content-type" && v.toLowerCase().startsWith("text/event-stream"));
+}
+
 /** A handler's return value as a Reply. */
 function toReply(value) {
   if (value instanceof Reply) return value;
@@ -1169,6 +1173,7 @@ class Exchange {
   #tail = Promise.resolve();
   headSent = false;
   finished = false; // ended for good: response complete, cancelled, aborted
+  endless = false; // an open WebSocket or event stream: shutdown ends it at once
   ws = null;
   done = null;
 
@@ -1386,7 +1391,9 @@ export class WebSocket {
     }
     this.accepted = true;
     this.#ex.headSent = true;
+    this.#ex.endless = true;
     this.#conn.send("http_response", this.#ex.id, { status: 101, headers: pairs, end_stream: false });
+    if (this.#conn.shuttingDown) this.goAway(); // accepted after shutdown began
   }
 
   /** Sends a message: a string as text, bytes as binary. Waits for credit. */
@@ -1505,6 +1512,18 @@ export class WebSocket {
   onCancel(why) {
     this.#setClosed(1006, why);
   }
+
+  /**
+   * Shutdown (docs/protocol.md section 7): `ws_close` 1001 at once, without waiting for messages
+   * still queued. `receive()` returns the messages that already came, then null; `send()` rejects.
+   */
+  goAway() {
+    if (this.isClosed || this.#ex.finished) return;
+    const reason = "the plugin is shutting down";
+    this.#ex.finish(); // a message being sent stops before its next frame
+    this.#conn.send("ws_close", this.#ex.id, { code: 1001, reason });
+    this.#setClosed(1001, reason);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1558,6 +1577,11 @@ class Connection {
   /** Log messages may go over the socket (from `init` on). */
   get canLog() {
     return !this.#closed && this.#phase !== "awaiting-init";
+  }
+
+  /** `shutdown` has come: no new requests, and open WebSockets and event streams end. */
+  get shuttingDown() {
+    return this.#shuttingDown;
   }
 
   // Writing
@@ -1907,6 +1931,12 @@ class Connection {
       ex.closeInbound();
       return;
     }
+    ex.endless = isEventStream(r.headers);
+    if (ex.endless && this.#shuttingDown) {
+      cancelSource(body); // began after shutdown: ends at once
+      this.#endEventStream(ex);
+      return;
+    }
     const out = new BodyWriter(ex, true, 0);
     await pump(body, out, ex.signal);
     if (ex.finished) return;
@@ -1945,14 +1975,32 @@ class Connection {
 
   // Shutdown and the end
 
+  /**
+   * `shutdown` (section 7): new requests are refused; open WebSockets get `ws_close` 1001 and
+   * event streams their END at once; other requests have the grace period to finish. Then the
+   * connection closes and the process exits 0.
+   */
   #beginShutdown() {
     if (this.#shuttingDown) return;
     this.#shuttingDown = true;
+    for (const ex of this.#exchanges.values()) {
+      if (this.version < 2 || ex.finished || !ex.endless) continue;
+      if (ex.ws) ex.ws.goAway();
+      else this.#endEventStream(ex);
+    }
     const work = [...this.#exchanges.values()].map((ex) => ex.done);
     const hook = this.#internals.shutdownHook;
     if (hook) work.push(Promise.resolve().then(hook).catch((e) => this.plugin.log.error("the shutdown hook failed", e)));
     const grace = delay(this.options.shutdownGraceMs, undefined, { ref: false });
     Promise.race([Promise.allSettled(work), grace]).then(() => this.#finish(0));
+  }
+
+  /** Ends an event stream with END, then aborts its signal so that its producer stops. */
+  #endEventStream(ex) {
+    if (ex.finished) return;
+    ex.finish(); // a write in progress stops before its next frame
+    this.sendData(ex.id, FLAGS.END, Buffer.alloc(0));
+    ex.cancel("the plugin is shutting down");
   }
 
   #fatal(e) {

@@ -79,6 +79,8 @@ SETTING_TYPES = ("string", "number", "boolean", "choice", "secret")
 ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SETTING_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 REPLY_TYPES = {"ready", "http_response", "bundle", "pong", "kv_result", "error"}
+# Never answered, even with a request_id (a stream's, or a fresh one): section 5's notices.
+NOTICE_TYPES = {"cancel", "shutdown", "settings", "credit", "ws_close", "log"}
 PLUGIN_ONLY = {"kv", "log"}  # requests only a plugin sends
 _INIT_FIELDS = ("instance_id", "plugin_id", "socket_path", "log_path")
 _current_request = contextvars.ContextVar("toru_current_request", default=None)
@@ -411,6 +413,7 @@ class _Stream:
         self.closed = False  # nothing more may be sent: ended, cancelled or aborted
         self.ws_close = None  # (code, reason) from the host
         self.is_ws = False  # a WebSocket: messages both ways, ended by ws_close
+        self.endless = False  # an open WebSocket or event stream: ended at once on shutdown
         self.task = None
 
     def end(self):
@@ -596,7 +599,8 @@ class ResponseWriter:
             self._buffer.append(data)
             return
         if not st.head_sent:
-            await conn._send_head(st, self._head, end_stream=False)
+            await conn._send_head(st, self._head, end_stream=False,
+                                  endless=_is_event_stream(self._head.headers))
         if data:
             await st.send(data, 0)
 
@@ -662,7 +666,8 @@ class WebSocket:
             headers.append(["sec-websocket-protocol", subprotocol])
             self.subprotocol = subprotocol
         self.accepted = True
-        await self._st.conn._send_head(self._st, Response(None, 101, headers), end_stream=False)
+        await self._st.conn._send_head(self._st, Response(None, 101, headers), end_stream=False,
+                                       endless=True)
 
     async def _refuse(self, status=403, body=None):
         if self.accepted:
@@ -712,11 +717,15 @@ class WebSocket:
         if self.close_code is not None or self._st.ws_close is not None:
             raise self._closed_error()
         if isinstance(message, str):
-            await self._st.send(message.encode("utf-8"), 0, TEXT, ws=True)
+            data, flags = message.encode("utf-8"), TEXT
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            await self._st.send(bytes(message), 0, 0, ws=True)
+            data, flags = bytes(message), 0
         else:
             raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+        try:
+            await self._st.send(data, 0, flags, ws=True)
+        except StreamClosed:  # closed while waiting for credit (by the client, or shutdown)
+            raise self._closed_error() from None
 
     async def _close(self, code=1000, reason=""):
         if not (isinstance(code, int) and 1000 <= code <= 4999):
@@ -725,6 +734,8 @@ class WebSocket:
             return
         if not self.accepted:
             await self._accept()
+            if self._st.closed:  # accepted after shutdown began: closed with 1001 already
+                return
         self.close_code, self.close_reason = code, _truncate_utf8(str(reason), 123)
         if self._st.ws_close is None:
             conn = self._st.conn
@@ -1382,8 +1393,10 @@ class _Connection:
         if type_name == "init" and not self.initialising:
             self.initialising = True
             self._spawn(self._init(rid, payload))
-        elif rid is not None:
-            # Requests are answered; notices (no id) are ignored.
+        elif type_name == "shutdown" and self.initialising:
+            self._finish_with(0)  # stop starting: nobody waits for `ready` any more
+        elif rid is not None and type_name not in NOTICE_TYPES:
+            # Requests are answered; notices are ignored.
             why = "init is in progress" if self.initialising else "expected init first"
             await self._send_error(rid, "bad_request", f"{why}, got {type_name!r}")
 
@@ -1506,12 +1519,36 @@ class _Connection:
             st.task.cancel()
 
     async def _drain(self):
-        in_flight = [st.task for st in self.streams.values() if st.task is not None]
-        if in_flight:
-            _, late = await asyncio.wait(in_flight, timeout=SHUTDOWN_GRACE)
+        """`shutdown` (section 7): open WebSockets get `ws_close` 1001 and event streams their
+        `END` at once; everything else in flight has SHUTDOWN_GRACE to finish, then is cancelled.
+        Then the connection closes and `run` returns 0."""
+        streams = list(self.streams.values())
+        work = [st.task for st in streams if st.task is not None]
+        work += [self._spawn(self._end_at_shutdown(st)) for st in streams if st.endless]
+        if work:
+            _, late = await asyncio.wait(work, timeout=SHUTDOWN_GRACE)
             for task in late:
                 task.cancel()
         self._finish_with(0)
+
+    async def _end_at_shutdown(self, st, stop_handler=True):
+        """Ends a stream that would never end by itself. A WebSocket: `ws_close` 1001, and its
+        handler's receive raises WebSocketClosed(1001) (messages that already came are received
+        first). An event stream: `END`, and its handler is cancelled (`stop_handler`), as when
+        the client leaves. Nothing more is sent on the stream."""
+        if st.closed or not st.endless or self.protocol != 2:
+            return
+        reason = "the plugin is shutting down"
+        if st.is_ws:
+            st.ws_close = (1001, reason)
+        self._finish(st)  # before any await: frames already being sent stop at their next one
+        if stop_handler and not st.is_ws and st.task not in (None, asyncio.current_task()):
+            st.task.cancel()
+        async with st.send_lock:  # after a data frame already being written
+            if st.is_ws:
+                await self._send("ws_close", st.sid, {"code": 1001, "reason": reason})
+            else:
+                await self._write(_data_frame(st.sid, END, b""))
 
     async def _apply_settings(self, raw):
         plugin = self.plugin
@@ -1569,17 +1606,22 @@ class _Connection:
             st.task.cancel()
         await self._send_error(st.sid, code, message)
 
-    async def _send_head(self, st, response, end_stream):
+    async def _send_head(self, st, response, end_stream, endless=False):
+        """Sends a response head. `endless`: a WebSocket's 101 or an event stream's head, which
+        shutdown ends at once (and does here, when it has already begun)."""
         if st.closed:
             raise StreamClosed(f"stream {st.sid} has ended")
         if st.head_sent:
             raise RuntimeError("the response head was already sent")
         st.head_sent = True
+        st.endless = endless and not end_stream
         await self._send("http_response", st.sid, {"status": response.status,
                                                    "headers": response.headers,
                                                    "end_stream": end_stream})
         if end_stream:
             self._finish(st)
+        elif st.endless and self.shutting_down:
+            await self._end_at_shutdown(st, stop_handler=False)
 
     async def _send_response(self, st, response, method):
         """Sends a whole response (streaming its body when it is an iterable)."""
@@ -1592,7 +1634,10 @@ class _Connection:
         if self.protocol == 1:
             if response.streamed:
                 body = await self._collect(body)
-            payload = {"status": response.status, "headers": response.headers}
+            # Version 1 bodies travel whole and the host frames them (section 5).
+            headers = [h for h in response.headers
+                       if h[0].lower() not in ("content-length", "transfer-encoding")]
+            payload = {"status": response.status, "headers": headers}
             if body:
                 try:
                     payload["body"] = body.decode("utf-8")
@@ -1620,7 +1665,11 @@ class _Connection:
                 await st.send(body, END)
                 self._finish(st)
         else:
-            await self._send_head(st, response, end_stream=False)
+            await self._send_head(st, response, end_stream=False,
+                                  endless=_is_event_stream(response.headers))
+            if st.closed:  # cancelled, or an event stream that began after shutdown (ended)
+                await _close_iterable(body)
+                return
             source = _async_iter(body)
             try:
                 async for chunk in source:
@@ -1776,6 +1825,11 @@ async def _close_iterable(source):
             await result
     except (Exception, asyncio.CancelledError):
         pass
+
+
+def _is_event_stream(headers):
+    return any(n.lower() == "content-type" and v.lower().startswith("text/event-stream")
+               for n, v in headers)
 
 
 def _subpath(path, route):

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::broadcast;
 use toru_plugin_api::protocol::DEFAULT_MAX_FRAME_LEN;
 
 use crate::contain::Containment;
 use crate::contain::limits::Limits;
 use crate::error::StartError;
+use crate::events::PluginEvent;
 use crate::host::PluginHost;
 use crate::logs::LogConfig;
 use crate::store::KvLimits;
@@ -49,7 +51,13 @@ pub struct PluginHostBuilder {
     pub(crate) max_response_headers: usize,
     pub(crate) max_response_head_bytes: usize,
     pub(crate) protected_cookies: Vec<String>,
+    /// The event channel, when someone subscribed before start.
+    pub(crate) events: Option<broadcast::Sender<PluginEvent>>,
+    pub(crate) log_events: bool,
 }
+
+/// How many events a subscriber may fall behind before it skips the oldest.
+pub(crate) const EVENT_BUFFER: usize = 1024;
 
 /// A test hook that makes chosen plugin spawns fail (see
 /// [`PluginHostBuilder::spawn_fault`]).
@@ -107,6 +115,8 @@ impl Default for PluginHostBuilder {
             max_response_headers: 128,
             max_response_head_bytes: 64 * 1024,
             protected_cookies: Vec::new(),
+            events: None,
+            log_events: true,
         }
     }
 }
@@ -125,9 +135,9 @@ impl PluginHostBuilder {
         self
     }
 
-    /// The folder for `plugins/<id>.log` and `plugin-supervisor.log` (default `/var/log/toru`,
-    /// falling back to `<data dir>/logs` when that is not writable). A folder set here must be
-    /// writable: [`start`](Self::start) fails otherwise.
+    /// The folder for `plugins/<id>.log` and `plugin-supervisor.log` (default `<data dir>/logs`).
+    /// A folder set here must be writable: [`start`](Self::start) fails otherwise. (`toru-server`
+    /// sets `/var/log/toru` when it can write there.)
     pub fn log_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
         self.log_dir = Some(dir.into());
         self
@@ -343,6 +353,41 @@ impl PluginHostBuilder {
         S: Into<String>,
     {
         self.protected_cookies = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A stream of the lifecycle events of the host this builder starts, from its very first
+    /// (each plugin's `discovered`, then `enabled`... `started`), which a subscription made
+    /// after [`start`](Self::start) may miss. A receiver that falls more than 1024 events behind
+    /// skips the oldest (`RecvError::Lagged`). Receivers made here get the events of every host
+    /// started from this builder (or its clones).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), toru_host::StartError> {
+    /// let mut builder = toru_host::PluginHost::builder();
+    /// let mut events = builder.subscribe();
+    /// let host = builder.plugin_dir("./plugins").start().await?;
+    /// while let Ok(event) = events.recv().await {
+    ///     println!("{} {}", event.plugin_id, event.kind);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&mut self) -> broadcast::Receiver<PluginEvent> {
+        self.events
+            .get_or_insert_with(|| broadcast::channel(EVENT_BUFFER).0)
+            .subscribe()
+    }
+
+    /// Whether the host logs each lifecycle event with `tracing` (default `true`): `error` for a
+    /// plugin that failed or was disabled after crashing, `warn` for a crash, `info` for the
+    /// rest, with target `toru_host::events` and the fields `plugin.id`, `event` (and `reason`
+    /// and `exit` when there are). An application that logs the events it gets from
+    /// [`subscribe`](Self::subscribe) turns this off, so that each is not logged twice. Either
+    /// way every event is recorded in the database ([`PluginHost::events`]) and written to the
+    /// supervisor log file.
+    pub fn log_events(&mut self, log: bool) -> &mut Self {
+        self.log_events = log;
         self
     }
 

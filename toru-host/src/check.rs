@@ -12,6 +12,7 @@ use crate::{PluginHost, PluginRequest, RestartPolicy};
 
 /// One step of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckStep {
     /// What was checked: `file`, `metadata`, `start`, `request`, `bundle`, `shutdown`.
     pub name: &'static str,
@@ -23,6 +24,7 @@ pub struct CheckStep {
 
 /// What [`check_plugin`] found.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct CheckReport {
     /// The file checked.
     pub file: PathBuf,

@@ -51,10 +51,11 @@ pub enum StartError {
     Logs(#[from] crate::logs::LogError),
 }
 
-/// Why a plugin process could not be brought to `ready`.
+/// Why a plugin process could not be started at all. (Why a started one did not reach `ready`
+/// is the supervisor's `StartFailure`; both end up as the reason of a `crashed` or `failed`
+/// event.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SpawnError {
+pub(crate) enum SpawnError {
     /// The socket path would not fit a Unix socket address.
     #[error("socket path {path} is {len} bytes long; Unix sockets allow at most {max}")]
     SocketPathTooLong {
@@ -75,25 +76,9 @@ pub enum SpawnError {
         /// The OS error number, when there was one.
         errno: Option<i32>,
     },
-    /// The process exited before it was ready.
-    #[error("plugin exited during start-up with {0}")]
-    ExitedEarly(crate::events::ExitStatus),
-    /// The plugin did not answer `ready` in time.
-    #[error("plugin was not ready within {0:?}")]
-    StartTimeout(Duration),
-    /// The plugin speaks no protocol version the host speaks.
-    #[error("plugin is incompatible: {0}")]
-    Incompatible(String),
-    /// The plugin refused to start (for example, a rejected license).
-    #[error("plugin refused to start: {0}")]
-    Refused(String),
-    /// The plugin broke the protocol during start-up.
-    #[error("plugin broke the protocol during start-up: {0}")]
-    Protocol(String),
 }
 
-/// A plugin's state, as [`CallError::NotRunning`] reports it.
-pub use crate::host::PluginState;
+use crate::state::PluginState;
 
 /// A call to a plugin (`request`, `bundle`) failed.
 #[derive(Debug, thiserror::Error)]
@@ -194,9 +179,13 @@ pub enum CallError {
     /// not a valid URI, a body that could not be read).
     #[error("the request cannot be forwarded: {0}")]
     BadRequest(String),
+    /// The plugin has no frontend bundle (its metadata says so, or it answered `not_found`).
+    #[error("plugin {0:?} has no frontend bundle")]
+    NoBundle(String),
 }
 
-/// Managing a plugin (`get`, `enable`, `disable`, settings) failed.
+/// Managing a plugin (`get`, `enable`, `disable`, settings, limits, its `kv` namespace) or
+/// reading its records (`logs`, `events`) failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManageError {
@@ -226,6 +215,12 @@ pub enum ManageError {
     /// The host is shutting down.
     #[error("the plugin host is shutting down")]
     ShuttingDown,
+    /// The database could not be read (events).
+    #[error("cannot read the plugin events")]
+    Store(#[from] crate::store::StoreError),
+    /// The plugin's log files could not be read.
+    #[error("cannot read the plugin log")]
+    Logs(#[from] crate::logs::LogError),
 }
 
 /// An error code a client can get from the host, with its HTTP meaning: the table behind
@@ -261,6 +256,7 @@ macro_rules! http_errors {
 
 http_errors! {
     "unknown_plugin" 404 false "no plugin has this id or route";
+    "no_bundle" 404 false "the plugin has no frontend bundle";
     "plugin_disabled" 404 false "the plugin is installed but disabled";
     "outside_route" 404 false "the path is not under the plugin's route";
     "not_loadable" 409 false "the plugin failed to load; its details say why";
@@ -278,7 +274,7 @@ http_errors! {
     "internal" 500 false "the host failed (its log says why)";
 }
 
-fn lookup(code: &str) -> &'static HttpError {
+pub(crate) fn lookup(code: &str) -> &'static HttpError {
     HTTP_ERRORS
         .iter()
         .find(|e| e.code == code)
@@ -332,6 +328,7 @@ impl CallError {
             CallError::BadResponse { .. } => "plugin_bad_response",
             CallError::TooManyStreams { .. } => "too_many_streams",
             CallError::BadRequest(_) => "bad_request",
+            CallError::NoBundle(_) => "no_bundle",
         }
     }
 
@@ -383,6 +380,7 @@ impl CallError {
                 format!("plugin {id:?} is busy; try again")
             }
             CallError::BadRequest(why) => why.clone(),
+            CallError::NoBundle(id) => format!("plugin {id:?} has no frontend"),
         }
     }
 
@@ -395,6 +393,27 @@ impl CallError {
             self.retry_after(),
         )
     }
+
+    /// The plugin the call was for, when the error names one.
+    pub fn plugin_id(&self) -> Option<&str> {
+        match self {
+            CallError::UnknownPlugin(_)
+            | CallError::ShuttingDown
+            | CallError::TooLarge { .. }
+            | CallError::BodyTooLarge { .. }
+            | CallError::BadRequest(_) => None,
+            CallError::Disabled(id)
+            | CallError::ConnectionLost(id)
+            | CallError::NoBundle(id)
+            | CallError::NotRunning { id, .. }
+            | CallError::Timeout { id, .. }
+            | CallError::Plugin { id, .. }
+            | CallError::OutsideRoute { id, .. }
+            | CallError::ResponseTooLarge { id, .. }
+            | CallError::BadResponse { id, .. }
+            | CallError::TooManyStreams { id, .. } => Some(id),
+        }
+    }
 }
 
 impl ManageError {
@@ -404,7 +423,7 @@ impl ManageError {
             ManageError::UnknownPlugin(_) => "unknown_plugin",
             ManageError::NotLoadable { .. } => "not_loadable",
             ManageError::Config(_) => "config_not_saved",
-            ManageError::Scan { .. } => "internal",
+            ManageError::Scan { .. } | ManageError::Store(_) | ManageError::Logs(_) => "internal",
             ManageError::ShuttingDown => "shutting_down",
         }
     }
@@ -436,7 +455,9 @@ impl ManageError {
                     .map_or_else(|| config.to_string(), ToString::to_string);
                 format!("the change could not be saved in config.json ({why}); nothing was changed")
             }
-            ManageError::Scan { .. } => "the server could not do that; its log says why".into(),
+            ManageError::Scan { .. } | ManageError::Store(_) | ManageError::Logs(_) => {
+                "the server could not do that; its log says why".into()
+            }
             ManageError::ShuttingDown => "the server is shutting down".into(),
         }
     }
@@ -527,13 +548,14 @@ mod tests {
             },
             CallError::TooManyStreams { id: id(), limit: 1 },
             CallError::BadRequest("header x is not text".into()),
+            CallError::NoBundle(id()),
         ]
     }
 
     #[test]
     fn call_errors_have_statuses_from_the_table_and_no_internals() {
         for (e, status) in every_call_error().into_iter().zip([
-            404, 404, 503, 504, 502, 413, 502, 503, 404, 413, 502, 502, 503, 400,
+            404, 404, 503, 504, 502, 413, 502, 503, 404, 413, 502, 502, 503, 400, 404,
         ]) {
             assert_eq!(e.status().as_u16(), status, "{e:?}");
             assert!(!e.public_message().contains("internals"), "{e:?}");

@@ -109,6 +109,7 @@ impl From<std::process::ExitStatus> for ExitStatus {
 
 /// One thing that happened to a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PluginEvent {
     /// The plugin's id (for a plugin that failed to load before its id was known: its file
     /// name).
@@ -158,12 +159,57 @@ impl PluginEvent {
 }
 
 /// Which events to read back, newest first.
+///
+/// ```
+/// use toru_host::EventQuery;
+/// let everything = EventQuery::all();
+/// let second_page = EventQuery::plugin("hello-rust").with_page(1, 20);
+/// assert_eq!(second_page.plugin_id.as_deref(), Some("hello-rust"));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventQuery {
     /// Only this plugin's events; `None` for every plugin.
     pub plugin_id: Option<String>,
     /// Skip this many pages.
     pub page: u32,
-    /// Events per page (default 50, at most 1000).
+    /// Events per page (default 50, at most 1000; 0 means the default).
     pub page_size: u32,
+}
+
+impl EventQuery {
+    /// The first page of every plugin's events.
+    pub fn all() -> EventQuery {
+        EventQuery::default()
+    }
+
+    /// The first page of plugin `id`'s events.
+    pub fn plugin(id: impl Into<String>) -> EventQuery {
+        EventQuery {
+            plugin_id: Some(id.into()),
+            ..EventQuery::default()
+        }
+    }
+
+    /// The same query for page `page` (from 0) of `page_size` events (0 for the default).
+    pub fn with_page(mut self, page: u32, page_size: u32) -> EventQuery {
+        self.page = page;
+        self.page_size = page_size;
+        self
+    }
+}
+
+/// Logs an event with `tracing` (target `toru_host::events`, this module), at the level of its
+/// line in the supervisor log.
+pub(crate) fn log(level: toru_plugin_api::protocol::Level, event: &PluginEvent) {
+    use toru_plugin_api::protocol::Level;
+    match level {
+        Level::Error => {
+            tracing::error!(plugin.id = %event.plugin_id, event = %event.kind, reason = ?event.reason, "plugin event")
+        }
+        Level::Warn => {
+            tracing::warn!(plugin.id = %event.plugin_id, event = %event.kind, reason = ?event.reason, exit = ?event.exit, "plugin event")
+        }
+        _ => tracing::info!(plugin.id = %event.plugin_id, event = %event.kind, "plugin event"),
+    }
 }

@@ -22,6 +22,7 @@ use http::{Method, StatusCode};
 /// assert_eq!(toru_host::PluginRequest::from(http), req);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginRequest {
     /// The method.
     pub method: Method,
@@ -134,6 +135,7 @@ impl TryFrom<PluginRequest> for http::Request<Bytes> {
 /// A plugin's HTTP response, whole, with the host's header rules applied (see
 /// [`PluginHost::stream`](crate::PluginHost::stream)).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginResponse {
     /// The status.
     pub status: StatusCode,

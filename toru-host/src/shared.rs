@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     /// Keeps each plugin's processes together, under its limits.
     pub(crate) containers: crate::contain::Containers,
     pub(crate) shutdown: CancellationToken,
+    /// True once a shutdown has stopped everything.
+    pub(crate) stopped: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -191,14 +193,8 @@ impl Shared {
                 None,
             );
         }
-        match level {
-            Level::Error => {
-                tracing::error!(plugin.id = %event.plugin_id, event = %event.kind, reason = ?event.reason, "plugin event")
-            }
-            Level::Warn => {
-                tracing::warn!(plugin.id = %event.plugin_id, event = %event.kind, reason = ?event.reason, exit = ?event.exit, "plugin event")
-            }
-            _ => tracing::info!(plugin.id = %event.plugin_id, event = %event.kind, "plugin event"),
+        if self.settings.log_events {
+            crate::events::log(level, &event);
         }
         if let Err(e) = self.store.record_event(&event).await {
             tracing::error!(plugin.id = %event.plugin_id, error = %e, "cannot record plugin event");

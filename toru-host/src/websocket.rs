@@ -82,6 +82,7 @@ pub struct WebSocketSession {
     sender: WsSender,
     receiver: WsReceiver,
     headers: HeaderMap,
+    plugin_id: String,
 }
 
 /// The sending half of a [`WebSocketSession`]: the client's messages to the plugin.
@@ -124,6 +125,7 @@ fn close_reason(reason: &str) -> String {
 
 impl WebSocketSession {
     pub(crate) fn new(
+        plugin_id: String,
         handle: StreamHandle,
         headers: HeaderMap,
         max_message: usize,
@@ -138,7 +140,13 @@ impl WebSocketSession {
                 closed: None,
             },
             headers,
+            plugin_id,
         }
+    }
+
+    /// The plugin that accepted the WebSocket.
+    pub fn plugin_id(&self) -> &str {
+        &self.plugin_id
     }
 
     /// Headers for the client's 101 answer, from the plugin's (`Sec-WebSocket-Protocol` when it

@@ -16,46 +16,63 @@
 //!
 //! Unix only: plugins talk to their host over Unix domain sockets.
 //!
-//! # A whole plugin
+//! # Cargo features
 //!
-//! Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
-//! `?` turns a KV failure into a 500 and a body that is not the JSON expected into a 400; the
-//! router answers 404 and 405 itself.
+//! - `sdk` (default): the SDK ([`sdk`], [`run`], [`serve`], [`Plugin`], ...). Brings `license`.
+//! - `license` (default): [`license`] keys, issued and checked (Ed25519 and HMAC-SHA256).
 //!
-//! ```no_run
-//! use serde_json::json;
-//! use toru_plugin_api::{HttpResult, Plugin, PluginContext, PluginMetadata, Request, Response, Router};
+//! Without them (`default-features = false`) the crate is the protocol and the codec only, which
+//! is all a host needs: `toru-host` builds that way, without the SDK's and the license
+//! verifier's dependencies.
 //!
-//! async fn hello(ctx: PluginContext, _: Request) -> HttpResult {
-//!     Ok(Response::json(200, &json!({ "hello": ctx.instance_id() })))
-//! }
-//!
-//! async fn visit(ctx: PluginContext, _: Request) -> HttpResult {
-//!     let visits = ctx.kv().get("visits").await?.and_then(|v| v.parse().ok()).unwrap_or(0u64) + 1;
-//!     ctx.kv().set("visits", &visits.to_string()).await?;
-//!     ctx.info(format!("visit {visits}"));
-//!     Ok(Response::json(200, &json!({ "visits": visits })))
-//! }
-//!
-//! fn main() {
-//!     let meta = PluginMetadata::new("counter", "Counter", "0.1.0", "/counter")
-//!         .with_description("Counts visits in the host's key-value store.")
-//!         .with_icon("🔢");
-//!     let routes = Router::new().get("/", hello).post("/visit", visit);
-//!     toru_plugin_api::run(Plugin::new(meta, routes))
-//! }
-//! ```
+#![cfg_attr(
+    feature = "sdk",
+    doc = r##"
+# A whole plugin
+
+Two routes and a counter in the host's key-value store. Handlers return [`HttpResult`], so
+`?` turns a KV failure into a 500 and a body that is not the JSON expected into a 400; the
+router answers 404 and 405 itself.
+
+```no_run
+use serde_json::json;
+use toru_plugin_api::{HttpResult, Plugin, PluginContext, PluginMetadata, Request, Response, Router};
+
+async fn hello(ctx: PluginContext, _: Request) -> HttpResult {
+    Ok(Response::json(200, &json!({ "hello": ctx.instance_id() })))
+}
+
+async fn visit(ctx: PluginContext, _: Request) -> HttpResult {
+    let visits = ctx.kv().get("visits").await?.and_then(|v| v.parse().ok()).unwrap_or(0u64) + 1;
+    ctx.kv().set("visits", &visits.to_string()).await?;
+    ctx.info(format!("visit {visits}"));
+    Ok(Response::json(200, &json!({ "visits": visits })))
+}
+
+fn main() {
+    let meta = PluginMetadata::new("counter", "Counter", "0.1.0", "/counter")
+        .with_description("Counts visits in the host's key-value store.")
+        .with_icon("🔢");
+    let routes = Router::new().get("/", hello).post("/visit", visit);
+    toru_plugin_api::run(Plugin::new(meta, routes))
+}
+```
+"##
+)]
 #![deny(missing_docs)]
 
 pub mod codec;
+#[cfg(feature = "license")]
 pub mod license;
 pub mod protocol;
+#[cfg(feature = "sdk")]
 pub mod sdk;
 #[cfg(test)]
 mod testutil;
 
 pub use codec::{CodecError, DataFlags, DataFrame, Frame, FrameCodec, Incoming};
 pub use protocol::{Level, Message, Payload, PluginMetadata};
+#[cfg(feature = "sdk")]
 pub use sdk::{
     Body, BodyWriter, CloseFrame, HttpError, HttpResult, InitError, IntoResponse, Kv, KvError,
     Plugin, PluginContext, Request, Response, Router, ServeError, Sse, StreamError, ToruPlugin,
@@ -64,10 +81,11 @@ pub use sdk::{
 
 /// The Rust examples of `docs/plugin-guide.md`, compiled as doctests so that the guide cannot
 /// drift from the SDK.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "sdk"))]
 #[doc = include_str!("../../docs/plugin-guide.md")]
 pub struct PluginGuide;
 
 /// The attribute that `impl ToruPlugin` blocks need, re-exported so a plugin does not have to
 /// depend on `async-trait` itself.
+#[cfg(feature = "sdk")]
 pub use async_trait::async_trait;

@@ -32,6 +32,7 @@ pub(crate) const VARIANTS: usize = 18;
 
 /// A context on protocol `version` with no settings, whose messages wait in the returned
 /// receiver.
+#[cfg(feature = "sdk")]
 pub(crate) fn context(version: u32) -> (crate::PluginContext, crate::sdk::testing::Receiver) {
     let (queue, rx) = crate::sdk::testing::Queue::new();
     let init: crate::protocol::Init<'_> = serde_json::from_str(

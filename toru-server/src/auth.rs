@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use toru_host::Store;
+use toru_host::AppSettings;
 
 use crate::secret::{self, Digest32, SecretCheck, digest, same_digest};
 
@@ -71,7 +71,7 @@ pub(crate) struct Auth {
     /// The argon2id hash, for a stored secret whose digest is not known yet.
     hash: Option<String>,
     /// Where a digest learnt from the hash is stored.
-    store: Option<Store>,
+    settings: Option<AppSettings>,
     sessions: Mutex<Sessions>,
     limiter: Mutex<RateLimiter>,
     /// Bounds the argon2 work running at once.
@@ -87,12 +87,12 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Checks secrets with `check`; a digest learnt from the argon2 hash is saved in `store`.
-    pub(crate) fn new(check: SecretCheck, store: Option<Store>) -> Auth {
+    /// Checks secrets with `check`; a digest learnt from the argon2 hash is saved in `settings`.
+    pub(crate) fn new(check: SecretCheck, settings: Option<AppSettings>) -> Auth {
         Auth {
             digest: Mutex::new(check.digest),
             hash: check.hash,
-            store,
+            settings,
             sessions: Mutex::new(Sessions::default()),
             limiter: Mutex::new(RateLimiter::default()),
             hashing: Semaphore::new(2),
@@ -150,8 +150,8 @@ impl Auth {
         };
         if right {
             let first = lock(&self.digest).replace(attempt).is_none();
-            if first && let Some(store) = &self.store {
-                match secret::store_digest(store, &attempt).await {
+            if first && let Some(settings) = &self.settings {
+                match secret::store_digest(settings, &attempt).await {
                     Ok(()) => tracing::info!("stored the admin secret's digest"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "{e}"),
                 }

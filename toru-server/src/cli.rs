@@ -193,12 +193,11 @@ pub(crate) enum LogFormat {
 impl ServerArgs {
     /// The limits of a plugin with none of its own.
     pub(crate) fn plugin_limits(&self) -> Limits {
-        Limits {
-            memory: self.plugin_memory_limit,
-            processes: self.plugin_max_processes,
-            open_files: self.plugin_max_open_files,
-            cpu: self.plugin_cpu,
-        }
+        Limits::default()
+            .with_memory(self.plugin_memory_limit)
+            .with_processes(self.plugin_max_processes)
+            .with_open_files(self.plugin_max_open_files)
+            .with_cpu(self.plugin_cpu)
     }
 }
 

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod demo;
 mod edge;
+mod logdir;
 mod metrics;
 mod routes;
 mod secret;
@@ -89,7 +90,7 @@ async fn reset_admin_secret(args: &cli::ServerArgs) -> anyhow::Result<()> {
                 path.display()
             )
         })?;
-    let made = secret::make_and_store(&store).await;
+    let made = secret::make_and_store(&store.app_settings()).await;
     store.close().await.context("cannot close the database")?;
     let (secret, _) = made?;
     println!("new admin secret (shown only now; keep it): {secret}");

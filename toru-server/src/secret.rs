@@ -14,7 +14,7 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use toru_host::Store;
+use toru_host::AppSettings;
 
 /// The setting holding the admin secret's PHC string (`$argon2id$v=19$...`).
 pub(crate) const HASH_SETTING: &str = "admin_secret_hash";
@@ -133,7 +133,10 @@ pub(crate) enum SecretSource {
 ///
 /// # Errors
 /// When the database cannot be read or written, or `TORU_ADMIN_SECRET` is too short.
-pub(crate) async fn load_or_create(store: &Store, fresh: bool) -> anyhow::Result<AdminSecret> {
+pub(crate) async fn load_or_create(
+    settings: &AppSettings,
+    fresh: bool,
+) -> anyhow::Result<AdminSecret> {
     if let Some(secret) = std::env::var(ENV_SECRET).ok().filter(|s| !s.is_empty()) {
         let chars = secret.chars().count();
         anyhow::ensure!(
@@ -151,12 +154,12 @@ pub(crate) async fn load_or_create(store: &Store, fresh: bool) -> anyhow::Result
         });
     }
     if !fresh
-        && let Some(hash) = store
-            .setting(HASH_SETTING)
+        && let Some(hash) = settings
+            .get(HASH_SETTING)
             .context("cannot read the admin secret hash")?
     {
-        let stored = store
-            .setting(DIGEST_SETTING)
+        let stored = settings
+            .get(DIGEST_SETTING)
             .context("cannot read the admin secret digest")?;
         let digest = stored.as_deref().and_then(|text| {
             let digest = from_hex(text);
@@ -179,7 +182,7 @@ pub(crate) async fn load_or_create(store: &Store, fresh: bool) -> anyhow::Result
             source: SecretSource::Stored,
         });
     }
-    let (secret, check) = make_and_store(store).await?;
+    let (secret, check) = make_and_store(settings).await?;
     Ok(AdminSecret {
         check,
         new_secret: Some(secret),
@@ -191,14 +194,16 @@ pub(crate) async fn load_or_create(store: &Store, fresh: bool) -> anyhow::Result
 ///
 /// # Errors
 /// When the database cannot be written.
-pub(crate) async fn make_and_store(store: &Store) -> anyhow::Result<(String, SecretCheck)> {
+pub(crate) async fn make_and_store(
+    settings: &AppSettings,
+) -> anyhow::Result<(String, SecretCheck)> {
     let secret = generate()?;
     let for_hash = secret.clone();
     let hash = blocking(move || hash(&for_hash)).await?;
     let digest = digest(&secret);
-    store_digest(store, &digest).await?;
-    store
-        .set_setting(HASH_SETTING, &hash)
+    store_digest(settings, &digest).await?;
+    settings
+        .set(HASH_SETTING, &hash)
         .await
         .context("cannot store the admin secret hash")?;
     Ok((
@@ -214,9 +219,9 @@ pub(crate) async fn make_and_store(store: &Store) -> anyhow::Result<(String, Sec
 ///
 /// # Errors
 /// When the database cannot be written.
-pub(crate) async fn store_digest(store: &Store, digest: &Digest32) -> anyhow::Result<()> {
-    store
-        .set_setting(DIGEST_SETTING, &to_hex(digest))
+pub(crate) async fn store_digest(settings: &AppSettings, digest: &Digest32) -> anyhow::Result<()> {
+    settings
+        .set(DIGEST_SETTING, &to_hex(digest))
         .await
         .context("cannot store the admin secret digest")
 }

@@ -53,7 +53,7 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
                 .await
                 .with_context(|| format!("cannot enable plugin {id}"))?;
         }
-        secret::load_or_create(host.store(), extras.fresh_secret).await
+        secret::load_or_create(&host.app_settings(), extras.fresh_secret).await
     }
     .await;
     let admin = match started {
@@ -66,7 +66,7 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
 
     let state = Arc::new(AppState {
         host: host.clone(),
-        auth: Auth::new(admin.check, Some(host.store().clone())),
+        auth: Auth::new(admin.check, Some(host.app_settings())),
         max_body_bytes: args.max_body_bytes,
         secure_cookies: args.secure_cookies,
         shutdown: shutdown.clone(),
@@ -153,8 +153,15 @@ pub(crate) fn host_builder(args: &ServerArgs) -> toru_host::PluginHostBuilder {
     if let Some(n) = args.launch_concurrency {
         builder.launch_concurrency(usize::from(n));
     }
-    if let Some(dir) = &args.log_dir {
-        builder.log_dir(dir);
+    match &args.log_dir {
+        Some(dir) => {
+            builder.log_dir(dir);
+        }
+        None => {
+            if let Some(dir) = crate::logdir::default(&args.data_dir) {
+                builder.log_dir(dir);
+            }
+        }
     }
     if let Some(first) = args.plugin_containment {
         builder.containment(first);

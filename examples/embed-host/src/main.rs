@@ -6,9 +6,10 @@
 //! ```
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use toru_host::{EventKind, PluginHost, PluginRequest};
+use toru_host::{PluginHost, PluginRequest};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,31 +26,19 @@ async fn main() -> anyhow::Result<()> {
 
     let host = PluginHost::builder()
         .plugin_dir(&plugins)
-        .data_dir(&data)
-        .log_dir(data.join("logs"))
+        .data_dir(&data) // logs go to <data>/logs
         .start()
         .await
         .context("starting the plugin host")?;
     println!("instance {}", host.instance_id());
 
-    // Subscribe first, then look: no start is missed between the two. The host scans its
-    // folder in the background; wait until every file there is listed.
-    let mut events = host.subscribe();
+    // The host scans its folder in the background: wait until every file there is listed, then
+    // until each enabled plugin serves (or say why it does not).
     host.discovered().await;
-    while let Some(waiting) = host
-        .list()
-        .into_iter()
-        .find(|p| p.enabled && !p.state.serves())
-    {
-        if let toru_host::PluginState::Failed { reason } = &waiting.state {
-            bail!("plugin {} failed: {reason}", waiting.id);
-        }
-        let event = events.recv().await?;
-        if event.plugin_id == waiting.id
-            && matches!(event.kind, EventKind::Failed | EventKind::Crashed)
-        {
-            bail!("plugin {} did not start: {:?}", waiting.id, event.reason);
-        }
+    for plugin in host.list().into_iter().filter(|p| p.enabled) {
+        host.wait_ready(&plugin.id, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("plugin {} did not start", plugin.id))?;
     }
 
     for plugin in host.list() {
@@ -72,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             .request(&meta.id, &PluginRequest::get(format!("{}/", meta.route)))
             .await
             .with_context(|| format!("greeting {}", meta.id))?;
-        let counter = host.kv(&meta.id).get("counter").await?;
+        let counter = host.kv(&meta.id)?.get("counter").await?;
         println!(
             "{}: GET {}/ -> {} {}; count -> {}; kv counter = {}",
             meta.id,

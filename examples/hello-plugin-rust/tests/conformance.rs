@@ -199,8 +199,8 @@ macro_rules! conformance_tests {
 
 conformance_tests! {
     rust: [common, ticks, ws, bytes, sha256, settings],
-    python: [common, ticks, ws, settings],
-    node: [common, ticks, ws, settings],
+    python: [common, ticks, ws, bytes, sha256, settings],
+    node: [common, ticks, ws, bytes, sha256, settings],
     python_v1: [common],
 }
 

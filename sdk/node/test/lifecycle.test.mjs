@@ -187,11 +187,11 @@ test("shutdown: new requests are refused, in-flight ones finish, the hook runs, 
   }
 });
 
-test("shutdown abandons a stream that outlives the grace period", async () => {
+test("shutdown abandons a download that outlives the grace period", async () => {
   const file = install(
     dir,
     "grace",
-    pluginSource(`plugin.get("/endless", (req) => sse(async (events) => { for (;;) { await events.send("x"); await sleep(20, req.signal); } }));`).replace(
+    pluginSource(`plugin.get("/endless", (req) => stream(async (out) => { for (;;) { await out.write("x"); await sleep(20, req.signal); } }));`).replace(
       'new Plugin({"id":"t","name":"Test","version":"1.0.0"})',
       'new Plugin({"id":"t","name":"Test","version":"1.0.0"}, { shutdownGraceMs: 300 })',
     ),

@@ -64,6 +64,7 @@ class FakeHost:
         self.unsolicited = asyncio.Queue()  # replies with a null id, errors for unknown ids
         self.auto_credit = True  # credit data back as it arrives
         self.violations = []
+        self.order = []  # ("data", stream, flags) and ("ws_close", stream), as they arrived
         self.closed = asyncio.get_running_loop().create_future()
         self.process = None
         self.plugin_task = None
@@ -245,6 +246,14 @@ class FakeHost:
         """The next (flags, data) frame of stream `rid`."""
         return await within(f"a data frame on stream {rid}", self.streams[rid].data.get())
 
+    def after_end(self, sid):
+        """What came on stream `sid` after its END or ws_close (nothing may)."""
+        ends = [i for i, e in enumerate(self.order) if e[1] == sid
+                and (e[0] == "ws_close" or e[2] & END)]
+        if not ends:
+            return None
+        return [e for e in self.order[ends[0] + 1:] if e[1] == sid]
+
     async def body(self, rid):
         parts = []
         while True:
@@ -292,6 +301,7 @@ class FakeHost:
         if st.received > WINDOW:
             self.violations.append(f"stream {sid}: {st.received} bytes past the last credit")
         st.data.put_nowait((flags, data))
+        self.order.append(("data", sid, flags))
         if self.auto_credit and st.received >= WINDOW // 2:
             self.give_credit(sid)
 
@@ -314,6 +324,7 @@ class FakeHost:
             st.credit.set()
         elif t == "ws_close":
             st = self.streams[rid]
+            self.order.append(("ws_close", rid))
             if not st.ws_close.done():
                 st.ws_close.set_result(p)
         elif rid in self.replies and not self.replies[rid].done():

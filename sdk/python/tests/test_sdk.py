@@ -162,6 +162,36 @@ class StartUp(Case):
         rid = host.request("init", {})
         self.assertEqual((await host.reply(rid))["payload"]["code"], "bad_request")
 
+    async def test_notices_before_init_are_ignored_even_with_an_id(self):
+        host = await self.start(counter_plugin(), high=None)
+        for notice, payload in [("cancel", {}), ("credit", {"bytes": 1}), ("shutdown", {}),
+                                ("ws_close", {"code": 1000, "reason": ""}),
+                                ("settings", {"settings": {}})]:
+            host.send(notice, 40, payload)
+        rid = host.http("GET", "/counter/")  # a request is answered, in order after them
+        self.assertEqual((await host.reply(rid))["payload"]["code"], "bad_request")
+        self.assertTrue(host.unsolicited.empty(), "nothing answers a notice")
+        self.assertEqual((await host.init())["type"], "ready")
+
+    async def test_shutdown_while_starting_exits_0_without_ready(self):
+        plugin = Plugin("starting")
+        started = asyncio.Event()
+
+        @plugin.on_init
+        async def never_done(init):
+            started.set()
+            await asyncio.sleep(60)
+
+        host = await FakeHost.serve(plugin)
+        self.addAsyncCleanup(host.close)
+        rid = host.request("init", {"protocol": {"min": 1, "max": 2}, "instance_id": "i",
+                                    "plugin_id": "starting", "socket_path": "/s",
+                                    "log_path": "/l"})
+        await within("on_init to run", started.wait())
+        host.send("shutdown", None, {})
+        self.assertEqual(await host.exit_code(), 0)
+        self.assertFalse(host.answered(rid), "no ready after shutdown")
+
     async def test_on_init_may_refuse_and_the_plugin_exits_78(self):
         plugin = Plugin("picky")
 

@@ -5,6 +5,7 @@ host."""
 import asyncio
 import hashlib
 import json
+import threading
 import unittest
 
 from fakehost import END, MORE, TEXT, WINDOW, FakeHost, within
@@ -285,8 +286,9 @@ class Responses(Case):
         for path, expected in {"/s/gen": b"one two three", "/s/writer": b"part 0\npart 1\npart 2\n",
                                "/s/sync-writer": b"ab"}.items():
             self.assertEqual((await host.response(host.http("GET", path)))[2], expected, path)
-        status, _, body = await host.response(host.http("GET", "/s/bytes", query="n=300000"))
+        status, headers, body = await host.response(host.http("GET", "/s/bytes", query="n=300000"))
         self.assertEqual(body, bytes(i % 251 for i in range(300_000)))
+        self.assertNotIn("content-length", headers, "the host frames a version 1 body itself")
 
 
 class ServerSentEvents(Case):
@@ -495,6 +497,198 @@ class WebSockets(Case):
         self.assertEqual(head["payload"]["status"], 400)
         _, head = await self.open(host, "/w/nothing")
         self.assertEqual(head["payload"]["status"], 404)
+
+
+class Shutdown(Case):
+    """`shutdown` ends the streams that would never end by themselves at once (WebSockets get
+    `ws_close` 1001, event streams their END), lets other work finish within the grace, then
+    the plugin exits 0 (docs/protocol.md section 7)."""
+
+    def plugin(self):
+        plugin = Plugin("d")
+        self.seen = []  # what the handlers saw, in order
+        self.release = asyncio.Event()  # lets the download and the slow request finish
+
+        @plugin.websocket("/ws")
+        async def ws_async(ws):
+            try:
+                async for message in ws:
+                    await ws.send(message)
+            finally:
+                self.seen.append(("async ws", ws.close_code, ws.close_reason))
+
+        @plugin.websocket("/sync-ws")
+        def ws_sync(ws):
+            try:
+                ws.receive()
+            except toru_plugin.WebSocketClosed as e:
+                self.seen.append(("sync ws", e.code, e.reason))
+
+        @plugin.websocket("/flood")
+        async def flood(ws):
+            try:
+                while True:
+                    await ws.send(b"f" * 65536)
+            except toru_plugin.WebSocketClosed as e:
+                self.seen.append(("flood", e.code))
+
+        @plugin.get("/events")
+        def events(req):
+            async def source():
+                try:
+                    yield 1
+                    await asyncio.sleep(60)
+                    yield 2
+                finally:
+                    self.seen.append("events closed")
+            return sse(source(), keepalive=60)
+
+        @plugin.get("/writer-events")
+        async def writer_events(req):
+            w = req.respond(content_type="text/event-stream")
+            try:
+                await w.send_event("first")
+                await asyncio.sleep(60)
+                await w.send_event("never")
+            except asyncio.CancelledError:
+                self.seen.append("writer cancelled")
+                raise
+
+        self.tick = threading.Event()  # lets the plain handler below write again
+
+        @plugin.get("/sync-writer-events")
+        def sync_writer_events(req):
+            w = req.respond(content_type="text/event-stream; charset=utf-8")
+            w.send_event("first")
+            self.tick.wait(10)
+            try:
+                w.send_event("never")
+            except toru_plugin.Cancelled:
+                self.seen.append("sync writer cancelled")
+
+        @plugin.get("/download")
+        async def download(req):
+            async def gen():
+                yield b"part 1,"
+                await self.release.wait()
+                yield b"part 2"
+            return Response(gen(), content_type="application/octet-stream")
+
+        @plugin.get("/slow")
+        async def slow(req):
+            await self.release.wait()
+            return {"done": True}
+
+        return plugin
+
+    async def open_ws(self, host, path):
+        rid = host.http("GET", path, upgrade="websocket")
+        self.assertEqual((await host.head(rid))["payload"]["status"], 101)
+        return rid
+
+    async def test_websockets_get_1001_at_once_and_their_handlers_see_it(self):
+        host = await self.start(self.plugin())
+        a, b = await self.open_ws(host, "/d/ws"), await self.open_ws(host, "/d/sync-ws")
+        host.send_data(a, b"hi", TEXT)
+        self.assertEqual(await host.chunk(a), (TEXT, b"hi"))
+        slow = host.http("GET", "/d/slow")
+        host.send("shutdown", None, {})
+        for rid in (a, b):
+            close = await within(f"ws_close on {rid}", host.streams[rid].ws_close)
+            self.assertEqual(close, {"code": 1001, "reason": "the plugin is shutting down"})
+        await within("both handlers to see the close", _until(lambda: len(self.seen) == 2))
+        self.assertCountEqual(self.seen, [("async ws", 1001, "the plugin is shutting down"),
+                                          ("sync ws", 1001, "the plugin is shutting down")])
+        self.assertFalse(host.answered(slow), "closed while other work still runs")
+        self.release.set()
+        self.assertEqual((await host.response(slow))[0], 200)
+        self.assertEqual(await host.exit_code(), 0)
+        self.assertEqual((host.after_end(a), host.after_end(b)), ([], []))
+
+    async def test_a_sender_waiting_for_credit_is_closed_too(self):
+        host = await self.start(self.plugin())
+        host.auto_credit = False
+        rid = await self.open_ws(host, "/d/flood")
+        for _ in range(4):  # the window, then the handler waits for credit
+            await host.chunk(rid)
+        host.send("shutdown", None, {})
+        self.assertEqual((await within("ws_close", host.streams[rid].ws_close))["code"], 1001)
+        self.assertEqual(await host.exit_code(), 0)
+        self.assertEqual(self.seen, [("flood", 1001)])
+        self.assertEqual(host.after_end(rid), [])
+        self.assertNoViolations(host)
+
+    async def test_event_streams_end_at_once_and_downloads_get_the_grace(self):
+        host = await self.start(self.plugin())
+        events, writer = host.http("GET", "/d/events"), host.http("GET", "/d/writer-events")
+        sync_writer = host.http("GET", "/d/sync-writer-events")
+        download = host.http("GET", "/d/download")
+        self.assertEqual(await host.chunk(events), (0, b"data: 1\n\n"))
+        self.assertEqual(await host.chunk(writer), (0, b"data: first\n\n"))
+        self.assertEqual(await host.chunk(sync_writer), (0, b"data: first\n\n"))
+        self.assertEqual(await host.chunk(download), (0, b"part 1,"))
+        host.send("shutdown", None, {})
+        for rid in (events, writer, sync_writer):
+            self.assertEqual(await host.chunk(rid), (END, b""))
+        self.tick.set()
+        await within("the producers to stop", _until(lambda: len(self.seen) == 3))
+        self.assertCountEqual(self.seen, ["events closed", "writer cancelled",
+                                          "sync writer cancelled"])
+        self.assertTrue(host.streams[download].data.empty(), "the download goes on")
+        self.release.set()
+        self.assertEqual(await host.body(download), b"part 2")
+        self.assertEqual(await host.exit_code(), 0)
+        self.assertEqual([host.after_end(rid) for rid in (events, writer, sync_writer)],
+                         [[], [], []])
+        unsolicited = []
+        while not host.unsolicited.empty():
+            unsolicited.append(host.unsolicited.get_nowait())
+        self.assertEqual(unsolicited, [], "no error for the ended streams")
+
+    async def test_streams_that_open_after_shutdown_end_at_once(self):
+        plugin = Plugin("late")
+        go = asyncio.Event()
+        seen = []
+
+        @plugin.websocket("/ws")
+        async def late_ws(ws):
+            await go.wait()
+            await ws.accept()
+            try:
+                await ws.receive()
+            except toru_plugin.WebSocketClosed as e:
+                seen.append(e.code)
+
+        @plugin.get("/events")
+        async def late_events(req):
+            await go.wait()
+
+            async def source():
+                yield "never sent"
+            return sse(source())
+
+        host = await self.start(plugin)
+        ws = host.http("GET", "/late/ws", upgrade="websocket")
+        events = host.http("GET", "/late/events")
+        host.send("shutdown", None, {})
+        ping = host.request("ping", {})
+        await host.reply(ping)  # the shutdown has been read: the handlers go on after it
+        go.set()
+        self.assertEqual((await host.head(ws))["payload"]["status"], 101)
+        self.assertEqual((await within("ws_close", host.streams[ws].ws_close))["code"], 1001)
+        head = await host.head(events)
+        self.assertEqual((head["payload"]["status"], head["payload"]["end_stream"]), (200, False))
+        self.assertEqual(await host.chunk(events), (END, b""))
+        self.assertEqual(await host.exit_code(), 0)
+        self.assertEqual(seen, [1001])
+
+    async def test_version_1_has_no_streams_to_end(self):
+        host = await self.start(self.plugin(), high=1)
+        slow = host.http("GET", "/d/slow")
+        host.send("shutdown", None, {})
+        self.release.set()
+        self.assertEqual((await host.response(slow))[0], 200)
+        self.assertEqual(await host.exit_code(), 0)
 
 
 if __name__ == "__main__":

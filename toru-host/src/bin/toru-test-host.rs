@@ -48,11 +48,11 @@ async fn main() {
     }
     if exhaust {
         // Time for this process to fill its table again after the crash frees a few.
-        builder.restart_policy(RestartPolicy {
-            initial_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(1),
-            ..RestartPolicy::default()
-        });
+        builder.restart_policy(
+            RestartPolicy::default()
+                .with_initial_delay(Duration::from_secs(1))
+                .with_max_delay(Duration::from_secs(1)),
+        );
     }
     let host = builder.start().await.expect("host starts");
     let mut events = host.subscribe();

@@ -176,6 +176,7 @@ impl fmt::Display for LimitKind {
 
 /// The limits a plugin runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Limits {
     /// Memory (default 512 MiB).
     pub memory: Limit<Bytes>,
@@ -195,6 +196,33 @@ impl Default for Limits {
             open_files: Limit::At(1024),
             cpu: Limit::Unlimited,
         }
+    }
+}
+
+/// Setters for building on the defaults: `Limits::default().with_...(..)`.
+impl Limits {
+    /// The same limits with [`memory`](Self::memory) set.
+    pub fn with_memory(mut self, memory: Limit<Bytes>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The same limits with [`processes`](Self::processes) set.
+    pub fn with_processes(mut self, processes: Limit<u64>) -> Self {
+        self.processes = processes;
+        self
+    }
+
+    /// The same limits with [`open_files`](Self::open_files) set.
+    pub fn with_open_files(mut self, open_files: Limit<u64>) -> Self {
+        self.open_files = open_files;
+        self
+    }
+
+    /// The same limits with [`cpu`](Self::cpu) set.
+    pub fn with_cpu(mut self, cpu: Limit<Cores>) -> Self {
+        self.cpu = cpu;
+        self
     }
 }
 
@@ -248,6 +276,7 @@ impl Limits {
 /// default. In JSON: `{"memory": "128MiB", "cpu": "50%"}`; `null` for a limit means "the
 /// default".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct LimitOverrides {
     /// Memory.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,6 +290,33 @@ pub struct LimitOverrides {
     /// CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Limit<Cores>>,
+}
+
+/// Setters for building on the defaults: `LimitOverrides::default().with_...(..)`.
+impl LimitOverrides {
+    /// The same overrides with [`memory`](Self::memory) set.
+    pub fn with_memory(mut self, memory: Option<Limit<Bytes>>) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The same overrides with [`processes`](Self::processes) set.
+    pub fn with_processes(mut self, processes: Option<Limit<u64>>) -> Self {
+        self.processes = processes;
+        self
+    }
+
+    /// The same overrides with [`open_files`](Self::open_files) set.
+    pub fn with_open_files(mut self, open_files: Option<Limit<u64>>) -> Self {
+        self.open_files = open_files;
+        self
+    }
+
+    /// The same overrides with [`cpu`](Self::cpu) set.
+    pub fn with_cpu(mut self, cpu: Option<Limit<Cores>>) -> Self {
+        self.cpu = cpu;
+        self
+    }
 }
 
 impl LimitOverrides {
@@ -491,6 +547,7 @@ pub enum Enforcer {
 
 /// What enforces each of a plugin's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Enforcement {
     /// Memory.
     pub memory: Enforcer,

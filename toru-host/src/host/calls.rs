@@ -301,6 +301,7 @@ impl PluginHost {
             if head.status == 101 && head.streaming {
                 let response = self.respond(&target, head, None, true)?;
                 let session = WebSocketSession::new(
+                    target.id.clone(),
                     handle,
                     response.headers().clone(),
                     self.shared.settings.max_ws_message_bytes,
@@ -496,33 +497,51 @@ impl PluginHost {
         self.request(&id, request).await
     }
 
+    /// Offers a WebSocket upgrade to the plugin that owns its path, as
+    /// [`websocket`](Self::websocket) does for a plugin by id; the plugin receives the full
+    /// path. The session (or the refusal's [`ForwardedTo`]) names the plugin.
+    ///
+    /// # Errors
+    /// [`CallError::UnknownPlugin`] when no plugin owns the path, else as
+    /// [`websocket`](Self::websocket).
+    pub async fn websocket_by_path<B>(
+        &self,
+        request: &http::Request<B>,
+    ) -> Result<WsUpgrade, CallError> {
+        let path = request.uri().path();
+        let id = self
+            .route_owner(path)
+            .ok_or_else(|| CallError::UnknownPlugin(path.to_owned()))?;
+        self.websocket(&id, request).await
+    }
+
     /// The plugin's frontend bundle (a JavaScript module).
     ///
     /// # Errors
-    /// As [`request`](Self::request); a plugin without a bundle answers
-    /// [`CallError::Plugin`] with code `not_found`.
+    /// [`CallError::NoBundle`] when the plugin has none (its metadata says so, whether it runs
+    /// or not, or it answers `not_found`); else as [`request`](Self::request).
     pub async fn bundle(&self, id: &str) -> Result<String, CallError> {
-        let conn = self.target(id)?.conn;
-        let has_frontend = self
-            .shared
-            .registry()
-            .plugins
-            .get(id)
-            .and_then(|e| e.metadata().map(|m| m.frontend))
-            .unwrap_or(false);
-        if !has_frontend {
+        let frontend = {
+            let reg = self.shared.registry();
+            let entry = reg
+                .plugins
+                .get(id)
+                .ok_or_else(|| CallError::UnknownPlugin(id.to_owned()))?;
+            entry.enabled.then(|| entry.metadata().map(|m| m.frontend))
+        };
+        if frontend == Some(Some(false)) {
             // Its metadata says there is none: no need to ask (and wait on) the plugin.
-            return Err(CallError::Plugin {
-                id: id.to_owned(),
-                code: error_code::NOT_FOUND.into(),
-                message: "the plugin has no frontend bundle".into(),
-            });
+            return Err(CallError::NoBundle(id.to_owned()));
         }
+        let conn = self.target(id)?.conn;
         match conn
             .call(Payload::GetBundle, self.shared.settings.request_timeout)
             .await
         {
             Ok(Reply::Bundle(script)) => Ok(script),
+            Ok(Reply::Error { code, .. }) if code == error_code::NOT_FOUND => {
+                Err(CallError::NoBundle(id.to_owned()))
+            }
             other => Err(self.call_error(id, other)),
         }
     }

@@ -40,7 +40,7 @@ pub(super) enum Did {
 
 impl PluginHost {
     pub(super) fn spawn_op(&self, op: Op, forced: bool) -> tokio::task::JoinHandle<Did> {
-        let host = self.clone();
+        let host = self.detached();
         self.shared
             .tasks
             .spawn(async move { host.run_op(op, forced).await })

@@ -93,6 +93,9 @@ impl PluginHost {
         request: http::Request<B>,
         on_upgrade: hyper::upgrade::OnUpgrade,
     ) -> Result<http::Response<PluginBody>, CallError> {
+        // An upgrade has no body; dropped here so that the future does not hold one across an
+        // await (axum's and hyper's bodies are not `Sync`).
+        let request = request.map(|_| ());
         let headers = request.headers();
         let key = match (
             headers.get(header::SEC_WEBSOCKET_KEY),
@@ -202,5 +205,23 @@ mod tests {
             "websocket"
         )));
         assert!(!is_websocket_upgrade(&req(Method::GET, "upgrade", "h2c")));
+    }
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// axum's and hyper's request bodies are `Send` but not `Sync`: a forward of one must
+    /// still be a future that a multi-threaded server can run.
+    #[allow(dead_code)]
+    fn forward_of_a_body_that_is_not_sync_is_send(
+        host: PluginHost,
+        request: http::Request<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>,
+    ) {
+        let forward = host.forward(request, "/ext");
+        assert_send(&forward);
     }
 }

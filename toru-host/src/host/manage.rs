@@ -8,7 +8,7 @@ use crate::state::PluginInfo;
 use crate::state::PluginState;
 use crate::state::machine::Change;
 
-use toru_plugin_api::license::LICENSE_KEY_SETTING as LICENSE_KEY;
+use toru_plugin_api::protocol::LICENSE_KEY_SETTING as LICENSE_KEY;
 
 use super::PluginHost;
 
@@ -94,12 +94,15 @@ impl PluginHost {
     /// the key.
     ///
     /// # Errors
-    /// An unknown plugin, one that failed to load, or a config file that cannot be written.
+    /// An unknown plugin, one that failed to load (nothing is stored then), or a config file
+    /// that cannot be written.
     pub async fn set_license_key(
         &self,
         id: &str,
         key: Option<&str>,
     ) -> Result<PluginInfo, ManageError> {
+        // Checked first, so that a plugin that cannot run does not get a key stored for nothing.
+        self.loadable(id)?;
         self.set_setting(id, LICENSE_KEY, key.map(|k| k.trim().into()))?;
         self.restart(id).await
     }

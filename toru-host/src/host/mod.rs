@@ -5,6 +5,7 @@ mod changes;
 mod forward;
 mod limits;
 mod manage;
+mod ready;
 mod rescan;
 
 use std::path::Path;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 pub use crate::state::{PluginInfo, PluginState};
 pub use calls::ForwardedTo;
 pub(crate) use calls::client_response;
+pub use ready::NotReady;
 pub use rescan::ScanReport;
 pub(crate) use rescan::ScanState;
 
@@ -31,15 +33,47 @@ use crate::events::{EventQuery, PluginEvent};
 use crate::logs::{LogError, LogPage, LogQuery, PluginLogs};
 use crate::shared::Shared;
 use crate::state::Registry;
-use crate::store::{PluginKv, Store, StoreError};
+use crate::store::{AppSettings, PluginKv, Store};
 use manage::has_license_key;
 
 /// A running plugin host. Cheap to clone; every clone is the same host.
 ///
-/// See the [crate docs](crate) for an example.
+/// Call [`shutdown`](Self::shutdown) to stop it and wait until every plugin is stopped. When the
+/// application drops its last handle without doing so, the host shuts down in the background on
+/// the Tokio runtime the handle was dropped on: plugins are stopped as `shutdown` stops them,
+/// but nothing waits for it, so an application about to exit should call `shutdown` itself. (A
+/// handle dropped outside any runtime can only cancel the host's tasks; its plugins then die
+/// with the process, by the parent-death signal.)
+///
+/// See the [crate docs](crate) for examples.
 #[derive(Clone)]
 pub struct PluginHost {
     shared: Arc<Shared>,
+    /// Counts the application's handles: the last one dropped shuts the host down. `None` in
+    /// the host's own tasks, which must not keep it alive.
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Shuts the host down when the application's last [`PluginHost`] goes.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let host = PluginHost {
+            shared: Arc::clone(&self.0),
+            _owner: None,
+        };
+        if host.shared.registry().shutting_down {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::info!("the last handle to the plugin host was dropped; shutting down");
+                runtime.spawn(async move { host.shutdown().await });
+            }
+            Err(_) => host.shared.shutdown.cancel(),
+        }
+    }
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -77,11 +111,7 @@ impl PluginHost {
         create_dir(&settings.data_dir)?;
         let config = Config::load(settings.config_path())?;
         let store = Store::open(&settings.db_path(), settings.kv_limits)?;
-        let (log_dir, notice) =
-            PluginLogs::resolve_log_dir(settings.log_dir.as_deref(), &settings.data_dir)?;
-        if let Some(notice) = notice {
-            tracing::warn!(log_dir = %log_dir.display(), "{notice}");
-        }
+        let log_dir = PluginLogs::resolve_log_dir(settings.log_dir.as_deref(), &settings.data_dir)?;
         let logs = PluginLogs::open(&log_dir, settings.log_config)?;
         let socket_dir =
             crate::process::socket_dir(settings.socket_dir.as_deref()).map_err(|source| {
@@ -109,7 +139,11 @@ impl PluginHost {
             socket_dir,
             registry: Mutex::new(Registry::default()),
             config: Mutex::new(config),
-            events: broadcast::channel(1024).0,
+            events: settings
+                .events
+                .clone()
+                .unwrap_or_else(|| broadcast::channel(crate::builder::EVENT_BUFFER).0),
+            stopped: tokio::sync::watch::channel(false).0,
             launch: tokio::sync::Semaphore::new(settings.launch_concurrency.max(1)),
             next_socket: std::sync::atomic::AtomicU64::new(1),
             scan: tokio::sync::Mutex::new(ScanState::default()),
@@ -120,7 +154,10 @@ impl PluginHost {
             shutdown: CancellationToken::new(),
             settings,
         });
-        let host = PluginHost { shared };
+        let host = PluginHost {
+            _owner: Some(Arc::new(Owner(Arc::clone(&shared)))),
+            shared,
+        };
         host.spawn_event_cleanup();
         tracing::info!(
             instance.id = %host.shared.instance_id,
@@ -130,6 +167,15 @@ impl PluginHost {
         );
         host.spawn_scanner();
         Ok(host)
+    }
+
+    /// A handle for the host's own tasks: it does not keep the host from shutting down when the
+    /// application drops its last handle.
+    pub(crate) fn detached(&self) -> PluginHost {
+        PluginHost {
+            shared: Arc::clone(&self.shared),
+            _owner: None,
+        }
     }
 
     /// Deletes events past the retention period now and then once a day.
@@ -211,60 +257,124 @@ impl PluginHost {
         Ok(info)
     }
 
-    /// The host's database, for an application's own settings (for example `toru-server`'s
-    /// admin secret hash). Plugin KV data is reached through [`kv`](Self::kv).
-    pub fn store(&self) -> &Store {
-        &self.shared.store
+    /// The application's own settings in the host's database (see [`AppSettings`]): the one
+    /// part of the database an application writes besides plugin KV.
+    pub fn app_settings(&self) -> AppSettings {
+        self.shared.store.app_settings()
     }
 
-    /// Plugin `plugin_id`'s KV namespace, for the embedding application.
-    pub fn kv(&self, plugin_id: &str) -> PluginKv {
-        self.shared.store.kv(plugin_id)
+    /// Plugin `plugin_id`'s KV namespace, for the embedding application: the keys the plugin
+    /// reads and writes through its own `kv` requests. Any plugin the host knows has one,
+    /// disabled and `missing` ones included (their data is kept); right after start, only
+    /// those found so far (see [`discovered`](Self::discovered)).
+    ///
+    /// # Errors
+    /// [`ManageError::UnknownPlugin`] for an id the host does not know, and
+    /// [`ManageError::NotLoadable`] for a file that failed to load (its id is only its file
+    /// name): a mistyped id never writes into a namespace of its own.
+    pub fn kv(&self, plugin_id: &str) -> Result<PluginKv, ManageError> {
+        self.known(plugin_id)?;
+        Ok(self.shared.store.kv(plugin_id))
     }
 
-    /// A stream of lifecycle events, from now on. A receiver that falls more than 1024 events
-    /// behind skips the oldest (`RecvError::Lagged`).
+    /// A stream of lifecycle events, from now on (to see every event from the start, the first
+    /// `discovered` included, subscribe on the builder:
+    /// [`PluginHostBuilder::subscribe`]). A receiver that falls more than 1024 events behind
+    /// skips the oldest (`RecvError::Lagged`). The host also writes each event to its
+    /// supervisor log, and logs it with `tracing` unless
+    /// [`log_events`](PluginHostBuilder::log_events) is off.
     pub fn subscribe(&self) -> broadcast::Receiver<PluginEvent> {
         self.shared.events.subscribe()
     }
 
-    /// Recorded lifecycle events, newest first.
+    /// Recorded lifecycle events, newest first: one page of `query` (see [`EventQuery`]), for
+    /// one plugin or for all.
     ///
     /// # Errors
-    /// When the database cannot be read.
-    pub async fn events(&self, query: &EventQuery) -> Result<Vec<PluginEvent>, StoreError> {
-        self.shared.store.events(query).await
+    /// [`ManageError::UnknownPlugin`] when `query` names a plugin the host does not know;
+    /// [`ManageError::Store`] when the database cannot be read.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<PluginEvent>, ManageError> {
+        if let Some(id) = &query.plugin_id
+            && !self.shared.registry().plugins.contains_key(id.as_str())
+        {
+            return Err(ManageError::UnknownPlugin(id.clone()));
+        }
+        Ok(self.shared.store.events(query).await?)
     }
 
-    /// A page of a plugin's log, newest first.
+    /// A page of a plugin's log, newest first, across its rotated files. A plugin that never
+    /// logged (one whose file failed to load, say) has an empty page.
     ///
     /// # Errors
-    /// When the log files cannot be read.
-    pub async fn logs(&self, id: &str, query: &LogQuery) -> Result<LogPage, LogError> {
-        self.shared.logs.query(id, query).await
+    /// [`ManageError::UnknownPlugin`] for a plugin the host does not know; [`ManageError::Logs`]
+    /// when its log files cannot be read.
+    pub async fn logs(&self, id: &str, query: &LogQuery) -> Result<LogPage, ManageError> {
+        if !self.shared.registry().plugins.contains_key(id) {
+            return Err(ManageError::UnknownPlugin(id.to_owned()));
+        }
+        match self.shared.logs.query(id, query).await {
+            Ok(page) => Ok(page),
+            // A file that failed to load is listed by its file name, which may not name a log
+            // file; it never logged.
+            Err(LogError::InvalidPluginId(_)) => Ok(LogPage::empty(query)),
+            Err(e) => Err(ManageError::Logs(e)),
+        }
+    }
+
+    /// Checks that plugin `id` is one the host knows and that loaded.
+    fn known(&self, id: &str) -> Result<(), ManageError> {
+        let reg = self.shared.registry();
+        let entry = reg
+            .plugins
+            .get(id)
+            .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
+        match &entry.found.result {
+            Ok(_) => Ok(()),
+            Err(reason) => Err(ManageError::NotLoadable {
+                id: id.to_owned(),
+                reason: reason.to_string(),
+            }),
+        }
     }
 
     /// Ends every open stream (a WebSocket is closed with 1001 both ways; an HTTP response
     /// being streamed is cut off and its plugin gets `cancel`), stops every plugin
     /// (`shutdown`, then SIGTERM and SIGKILL after the grace period), waits for the host's
-    /// tasks, and closes the database. Calls after the first return at once.
+    /// tasks, and closes the database. Every call, from any clone, returns once that is done;
+    /// a caller that stops waiting does not stop the shutdown.
     pub async fn shutdown(&self) {
-        let running: Vec<String> = {
+        let running: Option<Vec<String>> = {
             let mut reg = self.shared.registry();
             if reg.shutting_down {
-                Vec::new()
+                None
             } else {
                 reg.shutting_down = true;
                 for conn in reg.plugins.values().filter_map(|e| e.conn.as_ref()) {
                     conn.end_streams();
                 }
-                reg.plugins
-                    .iter()
-                    .filter(|(_, e)| e.runner.is_some())
-                    .map(|(id, _)| id.clone())
-                    .collect()
+                Some(
+                    reg.plugins
+                        .iter()
+                        .filter(|(_, e)| e.runner.is_some())
+                        .map(|(id, _)| id.clone())
+                        .collect(),
+                )
             }
         };
+        let mut stopped = self.shared.stopped.subscribe();
+        if let Some(running) = running {
+            // In a task of its own, so that it finishes whoever waits for it.
+            let host = self.detached();
+            tokio::spawn(async move {
+                host.stop_everything(running).await;
+                host.shared.stopped.send_replace(true);
+            });
+        }
+        // The sender lives as long as `shared`: this ends when the shutdown is done.
+        let _ = stopped.wait_for(|done| *done).await;
+    }
+
+    async fn stop_everything(&self, running: Vec<String>) {
         // The scanner and old versions still draining stop first; then every plugin.
         self.shared.shutdown.cancel();
         futures_util::future::join_all(running.iter().map(|id| self.shared.stop_runner(id))).await;
@@ -277,5 +387,6 @@ impl PluginHost {
             tracing::error!(error = %e, "cannot close the database cleanly");
         }
         let _ = std::fs::remove_dir_all(&self.shared.socket_dir);
+        tracing::info!("plugin host stopped");
     }
 }

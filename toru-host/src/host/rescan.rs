@@ -117,7 +117,7 @@ impl PluginHost {
 
     /// Starts the task that scans the folder at start, then whenever it changes.
     pub(super) fn spawn_scanner(&self) {
-        let host = self.clone();
+        let host = self.detached();
         self.shared.tasks.spawn(async move { host.scanner().await });
     }
 

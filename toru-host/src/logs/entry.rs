@@ -15,6 +15,7 @@ use toru_plugin_api::protocol::Level;
 ///
 /// `error` is left out when there is none. `timestamp` is RFC 3339 in UTC with milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LogEntry {
     /// When the host read the line, RFC 3339 in UTC with milliseconds.
     pub timestamp: String,
@@ -64,6 +65,7 @@ impl LogSource {
 /// {"timestamp":"2026-11-21T23:20:35.123Z","level":"warn","plugin":"hello-rust","action":"restart","message":"restarting in 2s"}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SupervisorEntry {
     /// When it happened, RFC 3339 in UTC with milliseconds.
     pub timestamp: String,

@@ -50,14 +50,12 @@ use capture::{SharedTail, Tail, truncation_marker};
 use entry::{EntryRef, SupervisorRef, now_timestamp, push_json_line};
 use writer::Cmd;
 
-/// The log dir the spec names; used when none is configured and it is writable.
-pub const DEFAULT_LOG_DIR: &str = "/var/log/toru";
-
 /// The supervisor's log file, in the log dir.
 pub const SUPERVISOR_LOG: &str = "plugin-supervisor.log";
 
 /// Limits for the plugin logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogConfig {
     /// A file is rotated before a line would take it past this size. Default 10 MiB.
     pub max_file_bytes: u64,
@@ -81,6 +79,39 @@ impl Default for LogConfig {
             tail_lines: 20,
             max_queued_bytes: 32 * 1024 * 1024,
         }
+    }
+}
+
+/// Setters for building on the defaults: `LogConfig::default().with_...(..)`.
+impl LogConfig {
+    /// The same configuration with [`max_file_bytes`](Self::max_file_bytes) set.
+    pub fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+        self.max_file_bytes = max_file_bytes;
+        self
+    }
+
+    /// The same configuration with [`max_files`](Self::max_files) set.
+    pub fn with_max_files(mut self, max_files: usize) -> Self {
+        self.max_files = max_files;
+        self
+    }
+
+    /// The same configuration with [`max_line_bytes`](Self::max_line_bytes) set.
+    pub fn with_max_line_bytes(mut self, max_line_bytes: usize) -> Self {
+        self.max_line_bytes = max_line_bytes;
+        self
+    }
+
+    /// The same configuration with [`tail_lines`](Self::tail_lines) set.
+    pub fn with_tail_lines(mut self, tail_lines: usize) -> Self {
+        self.tail_lines = tail_lines;
+        self
+    }
+
+    /// The same configuration with [`max_queued_bytes`](Self::max_queued_bytes) set.
+    pub fn with_max_queued_bytes(mut self, max_queued_bytes: usize) -> Self {
+        self.max_queued_bytes = max_queued_bytes;
+        self
     }
 }
 
@@ -163,49 +194,25 @@ impl PluginLogs {
     }
 
     /// The log dir to use: `preferred` when given, which must be writable (a file can be created
-    /// in it and in its `plugins` folder); else [`DEFAULT_LOG_DIR`] if writable, otherwise
-    /// `<data_dir>/logs`, with a sentence saying so to print at start-up (never an error over a
-    /// default path: the notice also says when the fallback is not writable either).
+    /// in it and in its `plugins` folder); else `<data_dir>/logs`.
     ///
     /// # Errors
     ///
-    /// [`LogError::Io`] when `preferred` is given and is not writable: the operator asked for
+    /// [`LogError::Io`] when `preferred` is given and is not writable: the application asked for
     /// that folder, and logs silently written elsewhere would be missed.
     pub(crate) fn resolve_log_dir(
         preferred: Option<&Path>,
         data_dir: &Path,
-    ) -> Result<(PathBuf, Option<String>), LogError> {
+    ) -> Result<PathBuf, LogError> {
         match preferred {
             Some(dir) => probe(dir)
-                .map(|()| (dir.to_path_buf(), None))
+                .map(|()| dir.to_path_buf())
                 .map_err(|source| LogError::Io {
                     path: dir.to_path_buf(),
                     source,
                 }),
-            None => Ok(Self::default_log_dir(Path::new(DEFAULT_LOG_DIR), data_dir)),
+            None => Ok(data_dir.join("logs")),
         }
-    }
-
-    /// `wanted` if writable, else `<data_dir>/logs` with a notice.
-    fn default_log_dir(wanted: &Path, data_dir: &Path) -> (PathBuf, Option<String>) {
-        let wanted = wanted.to_path_buf();
-        let Err(e) = probe(&wanted) else {
-            return (wanted, None);
-        };
-        let fallback = data_dir.join("logs");
-        let notice = match probe(&fallback) {
-            Ok(()) => format!(
-                "log dir {} is not writable ({e}); writing logs to {} instead",
-                wanted.display(),
-                fallback.display()
-            ),
-            Err(e2) => format!(
-                "log dir {} is not writable ({e}), nor is {} ({e2}); plugin logs will be lost",
-                wanted.display(),
-                fallback.display()
-            ),
-        };
-        (fallback, Some(notice))
     }
 
     /// The limits in use.

@@ -16,7 +16,14 @@ use super::LogError;
 use super::entry::LogEntry;
 
 /// A page of a plugin's log, newest first.
+///
+/// ```
+/// use toru_host::{Level, LogQuery};
+/// let query = LogQuery::new(0, 50).with_min_level(Level::Warn);
+/// assert_eq!(query.effective_page_size(), 50);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogQuery {
     /// The page, from 0.
     pub page: u32,
@@ -31,6 +38,21 @@ impl LogQuery {
     pub const DEFAULT_PAGE_SIZE: u32 = 100;
     /// The largest page size; larger ones are lowered to it.
     pub const MAX_PAGE_SIZE: u32 = 1000;
+
+    /// Page `page` (from 0) of `page_size` entries (0 for the default), at every level.
+    pub fn new(page: u32, page_size: u32) -> LogQuery {
+        LogQuery {
+            page,
+            page_size,
+            min_level: None,
+        }
+    }
+
+    /// The same query, for entries at `level` or above only.
+    pub fn with_min_level(mut self, level: Level) -> LogQuery {
+        self.min_level = Some(level);
+        self
+    }
 
     /// The page size used: `page_size`, with 0 meaning the default, at most the maximum.
     pub fn effective_page_size(&self) -> u32 {
@@ -53,6 +75,7 @@ impl Default for LogQuery {
 
 /// One page of a plugin's log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct LogPage {
     /// The entries, newest first.
     pub entries: Vec<LogEntry>,
@@ -62,6 +85,18 @@ pub struct LogPage {
     pub page_size: u32,
     /// Whether older entries match.
     pub has_more: bool,
+}
+
+impl LogPage {
+    /// The page `query` asks for, with nothing on it.
+    pub(crate) fn empty(query: &LogQuery) -> LogPage {
+        LogPage {
+            entries: Vec::new(),
+            page: query.page,
+            page_size: query.effective_page_size(),
+            has_more: false,
+        }
+    }
 }
 
 /// How much is read from a file at a time.

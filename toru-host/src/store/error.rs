@@ -42,6 +42,36 @@ pub enum StoreError {
         #[source]
         source: redb::DatabaseError,
     },
+    /// The write-ahead log beside the database could not be opened, read or written.
+    #[error("the store's log {} failed", path.display())]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Why. Shared, since one failed append fails every write in its batch.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The write-ahead log is missing although the database says it may hold writes that were
+    /// acknowledged but are not yet in the database file (the store was not closed cleanly).
+    #[error(
+        "the store's log {} is missing, and may have held acknowledged writes that the database \
+         does not have yet; put it back, or create an empty file there to open the database \
+         without them",
+        path.display()
+    )]
+    LogMissing {
+        /// The log file.
+        path: PathBuf,
+    },
+    /// The write-ahead log is damaged before its last record (which a crash may leave torn,
+    /// and which is then ignored). The log is left untouched.
+    #[error("the store's log {} is damaged: {detail}; it was left untouched", path.display())]
+    LogCorrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where and how.
+        detail: String,
+    },
     /// The writer thread could not be started.
     #[error("cannot start the store's writer thread")]
     Thread(#[source] std::io::Error),
@@ -57,9 +87,15 @@ pub enum StoreError {
     /// write in its batch.
     #[error("database storage failed")]
     Storage(#[source] Arc<redb::Error>),
-    /// The store was closed.
+    /// The store was closed (the host shut down).
     #[error("the store is closed")]
     Closed,
+    /// The setting belongs to the host: an application may read it but not write it.
+    #[error("the setting {name:?} belongs to the host and cannot be written")]
+    Reserved {
+        /// The setting's name.
+        name: String,
+    },
 }
 
 impl StoreError {
@@ -80,10 +116,22 @@ impl StoreError {
         }
     }
 
+    /// A failure of the log at `path`.
+    pub(crate) fn log(path: PathBuf, source: std::io::Error) -> Self {
+        StoreError::Log {
+            path,
+            source: Arc::new(source),
+        }
+    }
+
     /// A shareable copy of a storage error, for answering every write of a failed batch.
     pub(crate) fn share(&self) -> Self {
         match self {
             StoreError::Storage(e) => StoreError::Storage(Arc::clone(e)),
+            StoreError::Log { path, source } => StoreError::Log {
+                path: path.clone(),
+                source: Arc::clone(source),
+            },
             StoreError::Closed => StoreError::Closed,
             other => StoreError::Invalid {
                 what: "batch",
@@ -138,7 +186,7 @@ pub enum KvError {
     /// The database failed.
     #[error("kv storage failed")]
     Storage(#[source] StoreError),
-    /// The store was closed.
+    /// The store was closed (the host shut down).
     #[error("the store is closed")]
     Closed,
 }

@@ -8,7 +8,6 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table};
 use serde::Deserialize;
 
 use super::error::{StoreError, storage};
-use super::writer::Outcome;
 use super::{PLUGIN_EVENTS, PLUGIN_EVENTS_BY_PLUGIN};
 use crate::events::{EventQuery, PluginEvent};
 
@@ -20,13 +19,14 @@ const MAX_PAGE_SIZE: u32 = 1000;
 pub(crate) type Events<'txn> = Table<'txn, (u64, u64), &'static str>;
 pub(crate) type Index<'txn> = Table<'txn, (&'static str, u64, u64), ()>;
 
+/// Records an event after the others of its millisecond; returns the sequence number it got.
 pub(crate) fn apply_record(
     events: &mut Events<'_>,
     index: &mut Index<'_>,
     plugin_id: &str,
     time_ms: u64,
     json: &str,
-) -> Result<Outcome, StoreError> {
+) -> Result<u64, StoreError> {
     // The sequence orders events of the same millisecond in recording order.
     let last = events
         .range((time_ms, 0)..=(time_ms, u64::MAX))
@@ -36,18 +36,31 @@ pub(crate) fn apply_record(
         .map_err(storage)?
         .map(|(k, _)| k.value().1);
     let seq = last.map_or(0, |s| s + 1);
+    insert(events, index, plugin_id, time_ms, seq, json)?;
+    Ok(seq)
+}
+
+/// Stores an event under the sequence number it was given.
+pub(crate) fn insert(
+    events: &mut Events<'_>,
+    index: &mut Index<'_>,
+    plugin_id: &str,
+    time_ms: u64,
+    seq: u64,
+    json: &str,
+) -> Result<(), StoreError> {
     events.insert((time_ms, seq), json).map_err(storage)?;
     index
         .insert((plugin_id, time_ms, seq), ())
         .map_err(storage)?;
-    Ok(Outcome::Done)
+    Ok(())
 }
 
 pub(crate) fn apply_cleanup(
     events: &mut Events<'_>,
     index: &mut Index<'_>,
     older_than_ms: u64,
-) -> Result<Outcome, StoreError> {
+) -> Result<u64, StoreError> {
     #[derive(Deserialize)]
     struct Head<'a> {
         #[serde(borrow)]
@@ -69,7 +82,7 @@ pub(crate) fn apply_cleanup(
                 .map_err(storage)?;
         }
     }
-    Ok(Outcome::Count(doomed.len() as u64))
+    Ok(doomed.len() as u64)
 }
 
 pub(crate) fn query(db: &Database, query: &EventQuery) -> Result<Vec<PluginEvent>, StoreError> {

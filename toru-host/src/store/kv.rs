@@ -13,11 +13,12 @@ use tokio::sync::oneshot;
 use toru_plugin_api::protocol::KV_LIST_MAX;
 
 use super::error::{KvError, StoreError, storage};
-use super::writer::{Op, Outcome};
+use super::op::{Op, Outcome};
 use super::{PLUGIN_KV, PLUGIN_KV_USAGE, Store};
 
 /// Size limits for plugin KV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KvLimits {
     /// The longest key, in bytes. Default 1024.
     pub max_key_len: usize,
@@ -34,6 +35,27 @@ impl Default for KvLimits {
             max_value_len: 1024 * 1024,
             max_bytes_per_plugin: 64 * 1024 * 1024,
         }
+    }
+}
+
+/// Setters for building on the defaults: `KvLimits::default().with_...(..)`.
+impl KvLimits {
+    /// The same limits with [`max_key_len`](Self::max_key_len) set.
+    pub fn with_max_key_len(mut self, max_key_len: usize) -> Self {
+        self.max_key_len = max_key_len;
+        self
+    }
+
+    /// The same limits with [`max_value_len`](Self::max_value_len) set.
+    pub fn with_max_value_len(mut self, max_value_len: usize) -> Self {
+        self.max_value_len = max_value_len;
+        self
+    }
+
+    /// The same limits with [`max_bytes_per_plugin`](Self::max_bytes_per_plugin) set.
+    pub fn with_max_bytes_per_plugin(mut self, max_bytes_per_plugin: u64) -> Self {
+        self.max_bytes_per_plugin = max_bytes_per_plugin;
+        self
     }
 }
 
@@ -152,7 +174,7 @@ impl PluginKv {
     }
 
     /// Keys that start with `prefix` (empty for all), in byte order, after `after` when given,
-    /// at most `limit` of them (capped at [`KV_LIST_MAX`]; 0 returns none). To page, pass the
+    /// at most `limit` of them (capped at [`KV_LIST_MAX`], 1000; 0 returns none). To page, pass the
     /// last key of one page as the next page's `after`.
     ///
     /// # Errors
@@ -243,7 +265,7 @@ pub(crate) type KvTable<'txn> = Table<'txn, (&'static str, &'static str), &'stat
 /// Per-plugin byte counts for one batch: read once, kept in memory, written back at the end.
 pub(crate) struct Usage<'txn> {
     table: Table<'txn, &'static str, u64>,
-    counts: HashMap<Arc<str>, u64>,
+    counts: HashMap<String, u64>,
 }
 
 impl<'txn> Usage<'txn> {
@@ -254,71 +276,116 @@ impl<'txn> Usage<'txn> {
         }
     }
 
-    fn get(&mut self, plugin_id: &Arc<str>) -> Result<u64, StoreError> {
+    fn get(&mut self, plugin_id: &str) -> Result<u64, StoreError> {
         if let Some(&used) = self.counts.get(plugin_id) {
             return Ok(used);
         }
         let used = self
             .table
-            .get(&**plugin_id)
+            .get(plugin_id)
             .map_err(storage)?
             .map_or(0, |v| v.value());
-        self.counts.insert(Arc::clone(plugin_id), used);
+        self.counts.insert(plugin_id.to_owned(), used);
         Ok(used)
     }
 
-    fn set(&mut self, plugin_id: &Arc<str>, used: u64) {
-        self.counts.insert(Arc::clone(plugin_id), used);
+    fn set(&mut self, plugin_id: &str, used: u64) {
+        if let Some(count) = self.counts.get_mut(plugin_id) {
+            *count = used;
+        } else {
+            self.counts.insert(plugin_id.to_owned(), used);
+        }
     }
 
     pub(crate) fn flush(mut self) -> Result<(), StoreError> {
         for (plugin_id, used) in self.counts.drain() {
             if used == 0 {
-                self.table.remove(&*plugin_id).map_err(storage)?;
+                self.table.remove(plugin_id.as_str()).map_err(storage)?;
             } else {
-                self.table.insert(&*plugin_id, used).map_err(storage)?;
+                self.table
+                    .insert(plugin_id.as_str(), used)
+                    .map_err(storage)?;
             }
         }
         Ok(())
     }
 }
 
+/// Sets `key` unless that takes the plugin past its quota.
 pub(crate) fn apply_set(
     table: &mut KvTable<'_>,
     usage: &mut Usage<'_>,
     limits: &KvLimits,
-    plugin_id: &Arc<str>,
+    plugin_id: &str,
     key: &str,
     value: &str,
 ) -> Result<Outcome, StoreError> {
-    let old = table
-        .get((&**plugin_id, key))
-        .map_err(storage)?
-        .map(|v| (key.len() + v.value().len()) as u64);
     let used = usage.get(plugin_id)?;
     let requested = (key.len() + value.len()) as u64;
+    if used.saturating_add(requested) <= limits.max_bytes_per_plugin {
+        // Fits whatever the old value was: one lookup, by the insert itself.
+        put(table, usage, plugin_id, key, value, used)?;
+        return Ok(Outcome::Done);
+    }
+    let old = old_size(table, plugin_id, key)?;
     let new_used = used.saturating_sub(old.unwrap_or(0)) + requested;
     // Only growth is refused, so a namespace over a lowered quota can still shrink.
     if new_used > limits.max_bytes_per_plugin && new_used > used {
         return Ok(Outcome::Refused(KvError::QuotaExceeded {
-            plugin: plugin_id.to_string(),
+            plugin: plugin_id.to_owned(),
             used,
             requested,
             max: limits.max_bytes_per_plugin,
         }));
     }
-    table.insert((&**plugin_id, key), value).map_err(storage)?;
-    usage.set(plugin_id, new_used);
+    put(table, usage, plugin_id, key, value, used)?;
     Ok(Outcome::Done)
+}
+
+/// Inserts, and counts the new value instead of the old one.
+fn put(
+    table: &mut KvTable<'_>,
+    usage: &mut Usage<'_>,
+    plugin_id: &str,
+    key: &str,
+    value: &str,
+    used: u64,
+) -> Result<(), StoreError> {
+    let old = table
+        .insert((plugin_id, key), value)
+        .map_err(storage)?
+        .map_or(0, |v| (key.len() + v.value().len()) as u64);
+    let new_used = used.saturating_sub(old) + (key.len() + value.len()) as u64;
+    usage.set(plugin_id, new_used);
+    Ok(())
+}
+
+/// Sets `key` with no quota check: replaying a write that was acknowledged.
+pub(crate) fn replay_set(
+    table: &mut KvTable<'_>,
+    usage: &mut Usage<'_>,
+    plugin_id: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), StoreError> {
+    let used = usage.get(plugin_id)?;
+    put(table, usage, plugin_id, key, value, used)
+}
+
+fn old_size(table: &KvTable<'_>, plugin_id: &str, key: &str) -> Result<Option<u64>, StoreError> {
+    Ok(table
+        .get((plugin_id, key))
+        .map_err(storage)?
+        .map(|v| (key.len() + v.value().len()) as u64))
 }
 
 pub(crate) fn apply_delete(
     table: &mut KvTable<'_>,
     usage: &mut Usage<'_>,
-    plugin_id: &Arc<str>,
+    plugin_id: &str,
     key: &str,
 ) -> Result<Outcome, StoreError> {
-    let Some(old) = table.remove((&**plugin_id, key)).map_err(storage)? else {
+    let Some(old) = table.remove((plugin_id, key)).map_err(storage)? else {
         return Ok(Outcome::Existed(false));
     };
     let freed = (key.len() + old.value().len()) as u64;

@@ -8,6 +8,8 @@ use toru_plugin_api::protocol::{KV_LIST_MAX, error_code};
 use super::*;
 use crate::events::EventKind;
 
+mod commit;
+
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(10), fut)
         .await

@@ -9,6 +9,7 @@ use std::time::Duration;
 /// After `max_consecutive_crashes` crashes in a row the plugin is disabled. A plugin that ran
 /// for `reset_after` before crashing starts counting again from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RestartPolicy {
     /// The delay after the first crash (default 1 s).
     pub initial_delay: Duration,
@@ -28,6 +29,33 @@ impl Default for RestartPolicy {
             max_consecutive_crashes: 10,
             reset_after: Duration::from_secs(60),
         }
+    }
+}
+
+/// Setters for building on the defaults: `RestartPolicy::default().with_...(..)`.
+impl RestartPolicy {
+    /// The same policy with [`initial_delay`](Self::initial_delay) set.
+    pub fn with_initial_delay(mut self, initial_delay: Duration) -> Self {
+        self.initial_delay = initial_delay;
+        self
+    }
+
+    /// The same policy with [`max_delay`](Self::max_delay) set.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// The same policy with [`max_consecutive_crashes`](Self::max_consecutive_crashes) set.
+    pub fn with_max_consecutive_crashes(mut self, max_consecutive_crashes: u32) -> Self {
+        self.max_consecutive_crashes = max_consecutive_crashes;
+        self
+    }
+
+    /// The same policy with [`reset_after`](Self::reset_after) set.
+    pub fn with_reset_after(mut self, reset_after: Duration) -> Self {
+        self.reset_after = reset_after;
+        self
     }
 }
 
@@ -86,6 +114,7 @@ impl RestartPolicy {
 
 /// How the host checks that a running plugin still answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HealthPolicy {
     /// Time between pings (default 10 s).
     pub interval: Duration,
@@ -102,6 +131,27 @@ impl Default for HealthPolicy {
             timeout: Duration::from_secs(5),
             max_missed: 3,
         }
+    }
+}
+
+/// Setters for building on the defaults: `HealthPolicy::default().with_...(..)`.
+impl HealthPolicy {
+    /// The same policy with [`interval`](Self::interval) set.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// The same policy with [`timeout`](Self::timeout) set.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same policy with [`max_missed`](Self::max_missed) set.
+    pub fn with_max_missed(mut self, max_missed: u32) -> Self {
+        self.max_missed = max_missed;
+        self
     }
 }
 

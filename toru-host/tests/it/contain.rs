@@ -9,7 +9,7 @@
 use std::process::Stdio;
 
 use tokio::io::AsyncBufReadExt;
-use toru_host::events::EventKind;
+use toru_host::EventKind;
 use toru_host::{
     Bytes, Containment, Enforcer, Limit, LimitKind, LimitOverrides, PluginHost, PluginRequest,
 };
@@ -343,11 +343,9 @@ async fn limits_from_config_override_the_defaults_and_set_limits_applies_at_once
         &env,
         r#"{"plugins": {"tight": {"limits": {"open_files": 100, "memory": "96MiB"}}}}"#,
     );
-    let defaults = toru_host::Limits {
-        open_files: Limit::At(200),
-        memory: Limit::At(Bytes(200 << 20)),
-        ..toru_host::Limits::default()
-    };
+    let defaults = toru_host::Limits::default()
+        .with_open_files(Limit::At(200))
+        .with_memory(Limit::At(Bytes(200 << 20)));
     let host = env
         .builder()
         .default_limits(defaults)
@@ -368,10 +366,7 @@ async fn limits_from_config_override_the_defaults_and_set_limits_applies_at_once
     }
 
     let mut rx = host.subscribe();
-    let overrides = LimitOverrides {
-        open_files: Some(Limit::At(50)),
-        ..LimitOverrides::default()
-    };
+    let overrides = LimitOverrides::default().with_open_files(Some(Limit::At(50)));
     let info = host.set_limits("loose", overrides).await.unwrap();
     assert_eq!(info.limits.open_files, Limit::At(50));
     wait_event(&mut rx, "loose", EventKind::Started).await;

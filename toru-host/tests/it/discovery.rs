@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use toru_host::events::EventKind;
+use toru_host::EventKind;
 use toru_host::{ManageError, PluginState, StartError};
 
 use crate::util::*;

@@ -1,6 +1,6 @@
 //! KV through real plugins: counting, isolation, persistence (T9-T11, T18).
 
-use toru_host::events::EventKind;
+use toru_host::EventKind;
 use toru_host::{PluginHost, PluginRequest};
 
 use crate::util::*;
@@ -47,6 +47,7 @@ async fn counters_are_per_plugin_and_survive_a_host_restart() {
         );
         assert_eq!(
             host.kv("hello-rust")
+                .unwrap()
                 .get("counter")
                 .await
                 .unwrap()

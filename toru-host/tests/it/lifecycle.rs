@@ -1,7 +1,7 @@
 //! Enabling, disabling, persistence and shutdown (T1, T12-T14).
 
-use toru_host::events::{EventKind, EventQuery};
 use toru_host::{CallError, PluginRequest, PluginState};
+use toru_host::{EventKind, EventQuery};
 
 use crate::util::*;
 
@@ -72,11 +72,7 @@ async fn disable_and_enable(env: &Env, id: &str) {
     assert_eq!(pid_of(&host, id), pid);
 
     let events = host
-        .events(&EventQuery {
-            plugin_id: Some(id.into()),
-            page: 0,
-            page_size: 50,
-        })
+        .events(&EventQuery::plugin(id).with_page(0, 50))
         .await
         .unwrap();
     let kinds: Vec<_> = events.iter().rev().map(|e| e.kind).collect();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use toru_host::events::{EventKind, EventQuery};
-use toru_host::{CallError, PluginHostBuilder, PluginRequest, PluginState, RestartPolicy};
+use toru_host::{CallError, PluginHostBuilder, PluginRequest, PluginState};
+use toru_host::{EventKind, EventQuery};
 
 use crate::util::*;
 
@@ -29,11 +29,7 @@ fn version_of(host: &toru_host::PluginHost, id: &str) -> String {
 }
 
 async fn recorded(host: &toru_host::PluginHost, id: &str) -> Vec<EventKind> {
-    let query = EventQuery {
-        plugin_id: Some(id.into()),
-        page: 0,
-        page_size: 1000,
-    };
+    let query = EventQuery::plugin(id).with_page(0, 1000);
     let mut events = host.events(&query).await.unwrap();
     events.reverse();
     events.into_iter().map(|e| e.kind).collect()
@@ -78,7 +74,7 @@ async fn a_removed_file_stops_its_plugin_which_stays_missing_with_its_data_until
     let script = std::fs::read(&file).unwrap();
     let host = start_with(&live(&env)).await;
     serving(&host, &["gone"]).await;
-    host.kv("gone").set("kept", "yes").await.unwrap();
+    host.kv("gone").unwrap().set("kept", "yes").await.unwrap();
     host.set_setting("gone", "colour", Some("blue".into()))
         .unwrap();
     let pid = pid_of(&host, "gone");
@@ -97,7 +93,12 @@ async fn a_removed_file_stops_its_plugin_which_stays_missing_with_its_data_until
         .unwrap_err();
     assert!(matches!(err, CallError::UnknownPlugin(_)), "{err}");
     assert_eq!(
-        host.kv("gone").get("kept").await.unwrap().as_deref(),
+        host.kv("gone")
+            .unwrap()
+            .get("kept")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("yes")
     );
     let config = std::fs::read_to_string(env.plugins().join(".metadata/config.json")).unwrap();
@@ -109,7 +110,12 @@ async fn a_removed_file_stops_its_plugin_which_stays_missing_with_its_data_until
     assert_eq!(kinds, [EventKind::Discovered, EventKind::Started]);
     assert_eq!(host.get("gone").unwrap().state, PluginState::Running);
     assert_eq!(
-        host.kv("gone").get("kept").await.unwrap().as_deref(),
+        host.kv("gone")
+            .unwrap()
+            .get("kept")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("yes")
     );
     host.shutdown().await;
@@ -352,10 +358,7 @@ async fn a_protocol_break_right_after_ready_is_recorded_as_such_every_time() {
     let env = Env::new();
     env.install_test_plugin("garbage-after-ready", "gar");
     let mut b = env.builder();
-    b.restart_policy(RestartPolicy {
-        max_consecutive_crashes: 1000,
-        ..fast_restarts()
-    });
+    b.restart_policy(fast_restarts().with_max_consecutive_crashes(1000));
     let host = b.start().await.unwrap();
     let mut rx = host.subscribe();
     for run in 1..=20 {

@@ -31,14 +31,7 @@ async fn plugin_output_and_protocol_logs_reach_its_file_and_the_query() {
     }
     let host = env.start().await;
     let page = host
-        .logs(
-            "hello-python",
-            &LogQuery {
-                page: 0,
-                page_size: 100,
-                min_level: None,
-            },
-        )
+        .logs("hello-python", &LogQuery::new(0, 100))
         .await
         .unwrap();
     assert!(
@@ -59,11 +52,7 @@ async fn plugin_output_and_protocol_logs_reach_its_file_and_the_query() {
     let warnings = host
         .logs(
             "hello-python",
-            &LogQuery {
-                page: 0,
-                page_size: 100,
-                min_level: Some(Level::Warn),
-            },
+            &LogQuery::new(0, 100).with_min_level(Level::Warn),
         )
         .await
         .unwrap();
@@ -86,11 +75,11 @@ async fn fifty_megabytes_of_stderr_do_not_block_the_plugin_and_the_logs_rotate()
     let mut b = env.builder();
     // 50 MB of logging takes seconds in a debug build; the plugin binds only after it.
     b.start_timeout(std::time::Duration::from_secs(60));
-    b.log_config(LogConfig {
-        max_file_bytes: 4 << 20,
-        max_files: 5,
-        ..LogConfig::default()
-    });
+    b.log_config(
+        LogConfig::default()
+            .with_max_file_bytes(4 << 20)
+            .with_max_files(5),
+    );
     let host = start_with(&b).await;
     let mut rx = host.subscribe();
     // The plugin writes 50 MB before it binds its socket: it starts only if nothing blocked it.

@@ -4,12 +4,14 @@
 mod check;
 mod contain;
 mod discovery;
+mod embed;
 mod forwarding;
 mod kv;
 mod lifecycle;
 mod live;
 mod logs;
 mod orphans;
+mod store_crash;
 mod streams;
 mod supervision;
 mod util;

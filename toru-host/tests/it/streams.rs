@@ -7,7 +7,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use toru_host::events::EventKind;
+use toru_host::EventKind;
 use toru_host::http::{self, Method, Request, StatusCode};
 use toru_host::{BodyError, CallError, ForwardedTo, PluginBody, PluginRequest};
 
@@ -235,11 +235,12 @@ async fn a_plugin_that_never_reads_its_socket_is_killed_and_its_callers_released
     let env = Env::new();
     env.install_test_plugin("v2-deaf", "t");
     let mut b = env.builder();
-    b.health_policy(toru_host::HealthPolicy {
-        interval: Duration::from_millis(100),
-        timeout: Duration::from_millis(200),
-        max_missed: 3,
-    })
+    b.health_policy(
+        toru_host::HealthPolicy::default()
+            .with_interval(Duration::from_millis(100))
+            .with_timeout(Duration::from_millis(200))
+            .with_max_missed(3),
+    )
     .request_timeout(Duration::from_secs(60));
     let host = b.start().await.unwrap();
     serving(&host, &["t"]).await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use toru_host::events::{EventKind, EventQuery, ExitStatus};
+use toru_host::{EventKind, EventQuery, ExitStatus};
 use toru_host::{HealthPolicy, PluginHost, PluginRequest, PluginState};
 
 use crate::util::*;
@@ -69,11 +69,7 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
         neighbour_serves(&host).await;
     }
     let crashes = host
-        .events(&EventQuery {
-            plugin_id: Some("p".into()),
-            page: 0,
-            page_size: 100,
-        })
+        .events(&EventQuery::plugin("p").with_page(0, 100))
         .await
         .unwrap();
     let panic_crash = crashes
@@ -93,14 +89,7 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
     // The crashes are in the plugin's own log, beside its last lines.
     let host = env.start().await;
     let page = host
-        .logs(
-            "p",
-            &toru_host::LogQuery {
-                page: 0,
-                page_size: 1000,
-                min_level: None,
-            },
-        )
+        .logs("p", &toru_host::LogQuery::new(0, 1000))
         .await
         .unwrap();
     let crashes = page
@@ -117,11 +106,12 @@ async fn a_plugin_that_stops_answering_pings_is_killed_and_restarted() {
     let env = Env::new();
     env.install_test_plugin("hang", "h");
     let mut b = env.builder();
-    b.health_policy(HealthPolicy {
-        interval: Duration::from_millis(30),
-        timeout: Duration::from_millis(30),
-        max_missed: 3,
-    });
+    b.health_policy(
+        HealthPolicy::default()
+            .with_interval(Duration::from_millis(30))
+            .with_timeout(Duration::from_millis(30))
+            .with_max_missed(3),
+    );
     let host = start_with_neighbour(&env, b).await;
     let recorded = wait_recorded(&host, "h", EventKind::Restarted).await;
     let kinds: Vec<EventKind> = recorded.iter().map(|e| e.kind).collect();
@@ -140,11 +130,7 @@ async fn a_plugin_that_stops_answering_pings_is_killed_and_restarted() {
         ]
     );
     let crash = host
-        .events(&EventQuery {
-            plugin_id: Some("h".into()),
-            page: 0,
-            page_size: 100,
-        })
+        .events(&EventQuery::plugin("h").with_page(0, 100))
         .await
         .unwrap()
         .into_iter()

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::broadcast::{self, error::RecvError};
-use toru_host::events::{EventKind, PluginEvent};
+use toru_host::{EventKind, EventQuery, PluginEvent};
 use toru_host::{HealthPolicy, PluginHost, PluginHostBuilder, RestartPolicy};
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -47,10 +47,7 @@ impl Env {
             .start_timeout(Duration::from_secs(10))
             .stop_grace(Duration::from_secs(2))
             .restart_policy(fast_restarts())
-            .health_policy(HealthPolicy {
-                interval: Duration::from_secs(3600),
-                ..HealthPolicy::default()
-            });
+            .health_policy(HealthPolicy::default().with_interval(Duration::from_secs(3600)));
         b
     }
 
@@ -159,12 +156,11 @@ pub async fn start_with(builder: &PluginHostBuilder) -> PluginHost {
 }
 
 pub fn fast_restarts() -> RestartPolicy {
-    RestartPolicy {
-        initial_delay: Duration::from_millis(5),
-        max_delay: Duration::from_millis(40),
-        max_consecutive_crashes: 10,
-        reset_after: Duration::from_secs(60),
-    }
+    RestartPolicy::default()
+        .with_initial_delay(Duration::from_millis(5))
+        .with_max_delay(Duration::from_millis(40))
+        .with_max_consecutive_crashes(10)
+        .with_reset_after(Duration::from_secs(60))
 }
 
 /// Waits for the first event that matches, skipping others.
@@ -241,11 +237,7 @@ pub fn grandchild_pid(env: &Env, id: &str) -> u32 {
 /// caller could subscribe), and returns the plugin's recorded events, oldest first.
 pub async fn wait_recorded(host: &PluginHost, id: &str, kind: EventKind) -> Vec<PluginEvent> {
     let mut rx = host.subscribe();
-    let query = toru_host::events::EventQuery {
-        plugin_id: Some(id.to_owned()),
-        page: 0,
-        page_size: 1000,
-    };
+    let query = EventQuery::plugin(id).with_page(0, 1000);
     loop {
         let mut events = host.events(&query).await.expect("events");
         if events.iter().any(|e| e.kind == kind) {

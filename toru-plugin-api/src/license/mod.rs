@@ -85,8 +85,7 @@ pub use token::{DecodedLicense, decode};
 /// The first part of every license key and key text.
 pub const VERSION: &str = "toru1";
 
-/// The setting that holds a plugin's license key.
-pub const LICENSE_KEY_SETTING: &str = "license_key";
+pub use crate::protocol::LICENSE_KEY_SETTING;
 
 /// The longest license key read, in characters (whitespace removed).
 pub const MAX_KEY_LEN: usize = 4096;

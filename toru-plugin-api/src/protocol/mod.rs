@@ -48,6 +48,9 @@ pub const ENV_SOCKET_PATH: &str = "TORU_SOCKET_PATH";
 /// The environment variable that carries the plugin id the host knows the plugin by.
 pub const ENV_PLUGIN_ID: &str = "TORU_PLUGIN_ID";
 
+/// The setting that holds a plugin's license key, sent in `init` like any other setting.
+pub const LICENSE_KEY_SETTING: &str = "license_key";
+
 /// The exit code (EX_CONFIG) a plugin uses to say "my configuration is wrong, do not restart me",
 /// for example after refusing a license key.
 pub const EXIT_CONFIG: i32 = 78;
@@ -265,7 +268,8 @@ pub enum KvRequest<'a> {
     },
 }
 
-/// The most keys one `list` returns.
+/// The most keys one `list` returns: 1000. A `limit` above it (or none) is taken as 1000; to read
+/// more, page with `after`.
 pub const KV_LIST_MAX: u32 = 1000;
 
 /// `kv_result` (host to plugin): the reply to a `kv` request. Which fields are present depends

@@ -6,9 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use toru_host::logs::LogError;
-use toru_host::{CallError, EventQuery, LimitOverrides, LogEntry, LogPage, LogQuery};
-use toru_plugin_api::protocol::Level;
+use toru_host::{EventQuery, Level, LimitOverrides, LogQuery};
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
@@ -191,11 +189,6 @@ async fn set_license(
             .reject());
         }
     }
-    // Checked first, so that a plugin that cannot run does not get a key stored for nothing.
-    let info = state.host.get(&id).map_err(reject)?;
-    if info.load_error.is_some() {
-        return Err(ApiError::not_loadable(&id).reject());
-    }
     tracing::info!(plugin.id = %id, stored = key.is_some(), "setting the license key");
     state
         .host
@@ -214,7 +207,6 @@ async fn set_limits(
     body: serde_json::Value,
     state: State,
 ) -> Result<Response, Rejection> {
-    let info = state.host.get(&id).map_err(reject)?;
     let limits = LimitOverrides::from_json(&body).map_err(|e| {
         let mut error = ApiError::new(StatusCode::BAD_REQUEST, "bad_limits", e.to_string());
         error.fields = Some(Box::new(
@@ -224,9 +216,6 @@ async fn set_limits(
         ));
         error.reject()
     })?;
-    if info.load_error.is_some() {
-        return Err(ApiError::not_loadable(&id).reject());
-    }
     tracing::info!(plugin.id = %id, limits = %serde_json::to_string(&limits).unwrap_or_default(), "setting the plugin's limits");
     state
         .host
@@ -242,24 +231,7 @@ async fn bundle(
     if_none_match: Option<String>,
     state: State,
 ) -> Result<Response, Rejection> {
-    let no_bundle = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no_bundle",
-            format!("plugin {id:?} has no frontend"),
-        )
-        .reject()
-    };
-    // A plugin that says it has no frontend is not asked (it need not answer at all).
-    let info = state.host.get(&id).map_err(reject)?;
-    if info.enabled && info.metadata.as_ref().is_some_and(|m| !m.frontend) {
-        return Err(no_bundle());
-    }
-    let script = match state.host.bundle(&id).await {
-        Ok(script) => script,
-        Err(CallError::Plugin { code, .. }) if code == "not_found" => return Err(no_bundle()),
-        Err(e) => return Err(reject(e)),
-    };
+    let script = state.host.bundle(&id).await.map_err(reject)?;
     let digest = Sha256::digest(script.as_bytes());
     let etag: String = std::iter::once("\"".to_owned())
         .chain(digest[..16].iter().map(|b| format!("{b:02x}")))
@@ -309,46 +281,15 @@ fn default_log_page_size() -> u32 {
     LogQuery::DEFAULT_PAGE_SIZE
 }
 
-#[derive(Serialize)]
-struct LogPageJson {
-    entries: Vec<LogEntry>,
-    page: u32,
-    page_size: u32,
-    has_more: bool,
-}
-
 async fn logs(
     PluginId(id): PluginId,
     params: LogParams,
     state: State,
 ) -> Result<Response, Rejection> {
-    state.host.get(&id).map_err(reject)?;
-    let query = LogQuery {
-        page: params.page,
-        page_size: params.page_size,
-        min_level: params.level,
-    };
-    let page = match state.host.logs(&id, &query).await {
-        Ok(page) => page,
-        // A plugin listed by a file name that cannot name a log file (it failed to load, so it
-        // never logged).
-        Err(LogError::InvalidPluginId(_)) => LogPage {
-            entries: Vec::new(),
-            page: query.page,
-            page_size: query.effective_page_size(),
-            has_more: false,
-        },
-        Err(e) => {
-            tracing::error!(plugin.id = %id, error = %e, "cannot read plugin logs");
-            return Err(ApiError::internal().reject());
-        }
-    };
-    Ok(json(&LogPageJson {
-        entries: page.entries,
-        page: page.page,
-        page_size: page.page_size,
-        has_more: page.has_more,
-    }))
+    let mut query = LogQuery::new(params.page, params.page_size);
+    query.min_level = params.level;
+    let page = state.host.logs(&id, &query).await.map_err(reject)?;
+    Ok(json(&page))
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,16 +305,8 @@ async fn plugin_events(
     params: EventParams,
     state: State,
 ) -> Result<Response, Rejection> {
-    state.host.get(&id).map_err(reject)?;
-    let query = EventQuery {
-        plugin_id: Some(id.clone()),
-        page: params.page,
-        page_size: params.page_size,
-    };
-    let events = state.host.events(&query).await.map_err(|e| {
-        tracing::error!(plugin.id = %id, error = %e, "cannot read plugin events");
-        ApiError::internal().reject()
-    })?;
+    let query = EventQuery::plugin(id).with_page(params.page, params.page_size);
+    let events = state.host.events(&query).await.map_err(reject)?;
     Ok(json(&json!({ "events": events })))
 }
 

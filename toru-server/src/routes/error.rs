@@ -68,14 +68,6 @@ impl ApiError {
         )
     }
 
-    pub(crate) fn not_loadable(id: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "not_loadable",
-            format!("plugin {id:?} failed to load; its details say why"),
-        )
-    }
-
     pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

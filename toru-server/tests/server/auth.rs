@@ -418,13 +418,14 @@ async fn a_generated_secret_is_shown_once_stored_hashed_and_reset_on_demand() {
     {
         let store =
             toru_host::Store::open(&env.data().join("toru.redb"), Default::default()).unwrap();
-        let hash = store.setting("admin_secret_hash").unwrap().expect("a hash");
+        let settings = store.app_settings();
+        let hash = settings.get("admin_secret_hash").unwrap().expect("a hash");
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         assert!(!hash.contains(&secret));
-        let digest = store.setting("admin_secret_sha256").unwrap();
+        let digest = settings.get("admin_secret_sha256").unwrap();
         assert_eq!(digest, Some(sha256(&secret)));
         // As a database written before digests existed: the hash alone.
-        store.set_setting("admin_secret_sha256", "").await.unwrap();
+        settings.set("admin_secret_sha256", "").await.unwrap();
         store.close().await.unwrap();
     }
 
@@ -447,7 +448,7 @@ async fn a_generated_secret_is_shown_once_stored_hashed_and_reset_on_demand() {
     {
         let store =
             toru_host::Store::open(&env.data().join("toru.redb"), Default::default()).unwrap();
-        let digest = store.setting("admin_secret_sha256").unwrap();
+        let digest = store.app_settings().get("admin_secret_sha256").unwrap();
         assert_eq!(digest, Some(sha256(&secret)), "learnt from the hash");
         store.close().await.unwrap();
     }

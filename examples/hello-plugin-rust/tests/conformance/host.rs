@@ -631,7 +631,7 @@ impl Plugin {
         }
     }
 
-    /// Every message until the plugin closes the connection.
+    /// Every message and data frame until the plugin closes the connection.
     pub(crate) async fn until_eof(&mut self) -> Vec<Inbound> {
         let mut seen: Vec<Inbound> = self
             .early
@@ -639,6 +639,12 @@ impl Plugin {
             .flat_map(|(_, q)| q)
             .map(Inbound::Message)
             .collect();
+        seen.extend(
+            self.early_data
+                .drain()
+                .flat_map(|(_, q)| q)
+                .map(Inbound::Data),
+        );
         let inbox = &mut self.inbox;
         within("the plugin to close the connection", async {
             while let Some(inbound) = inbox.recv().await {

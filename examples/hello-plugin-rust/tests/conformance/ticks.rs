@@ -111,21 +111,28 @@ pub(crate) async fn ticks_cancel(t: &Target) {
     assert_eq!(Events::new(again).next(&mut plugin).await, "1");
 }
 
-/// `shutdown` ends open event streams: the plugin closes the connection and exits 0 within the
-/// drain time, without an `error` for the stream.
+/// `shutdown` ends open event streams with their `END` (docs/protocol.md section 7), without an
+/// `error` for the stream; then the plugin closes the connection and exits 0.
 pub(crate) async fn ticks_end_at_shutdown(t: &Target) {
     let mut plugin = Plugin::ready(t).await;
     let id = open_ticks(&mut plugin, t).await;
     assert_eq!(Events::new(id).next(&mut plugin).await, "1");
     plugin.send(&Message::new(None, Payload::Shutdown));
+    let mut ended = false;
     for inbound in plugin.until_eof().await {
-        if let Inbound::Message(m) = inbound {
-            assert!(
+        match inbound {
+            Inbound::Message(m) => assert!(
                 !matches!(m.payload, Payload::Error(_)),
                 "shutdown is not an error: {m:?}"
-            );
+            ),
+            Inbound::Data(d) if d.stream == id => {
+                assert!(!ended, "data after the event stream's END: {d:?}");
+                ended = d.flags.contains(DataFlags::END);
+            }
+            Inbound::Data(_) => {}
         }
     }
+    assert!(ended, "the event stream ends with END at shutdown");
     let status = within("the plugin to exit", plugin.exit_status()).await;
     assert_eq!(status.code(), Some(0));
 }
