@@ -1,6 +1,7 @@
-//! Helpers shared by Toru's tests, so that each lives in one place: whether a process is alive,
-//! a small seeded random generator with key mutation for fuzz-style tests, and the binaries of
-//! other workspace packages (built when missing).
+//! Helpers shared by Toru's tests, so that each lives in one place: whether a process is alive
+//! and waiting for it to exit, a small seeded random generator with key mutation for fuzz-style
+//! tests, the binaries of other workspace packages (built when missing), and what a notifying
+//! test plugin was told.
 //!
 //! A dev-dependency only; never published.
 //!
@@ -16,6 +17,89 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// The longest the waits here take before they fail the test, saying what they waited for.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until process `pid` has exited (any process, not only a child), using a pidfd.
+///
+/// # Panics
+/// When it still runs after [`WAIT`], or the pidfd cannot be opened or polled.
+pub async fn wait_gone(pid: impl Into<u64>) {
+    let pid = pid.into();
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return,
+        Err(e) => panic!("pidfd_open({pid}): {e}"),
+    };
+    // The pidfd is an OwnedFd that AsyncFd owns until it drops it: nothing else can close it,
+    // which is what the deprecation (and its `unsafe` replacement) is about.
+    #[allow(deprecated)]
+    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        .expect("pidfd is pollable");
+    let _ready = tokio::time::timeout(WAIT, fd.readable())
+        .await
+        .unwrap_or_else(|_| panic!("process {pid} still runs"))
+        .expect("pidfd readable");
+}
+
+/// What a notifying test plugin was told (`cancel <id>`, `ws_close <id> <code>`), one line per
+/// connection to a Unix socket (`n.sock` in the folder given).
+pub struct Notices {
+    /// The socket the test plugin connects to (its `--notify=` argument).
+    pub path: PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Notices {
+    /// Listens on `dir/n.sock`. Call it inside a tokio runtime.
+    ///
+    /// # Panics
+    /// When the socket cannot be bound.
+    pub fn new(dir: &Path) -> Notices {
+        use tokio::io::AsyncBufReadExt;
+        let path = dir.join("n.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind the notice socket");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stream).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let _ = tx.send(line);
+                    }
+                });
+            }
+        });
+        Notices { path, lines }
+    }
+
+    /// Waits for a line that starts with `prefix` and returns it.
+    ///
+    /// # Panics
+    /// When none comes within [`WAIT`].
+    pub async fn wait_prefix(&mut self, prefix: &str) -> String {
+        let wait = async {
+            while let Some(line) = self.lines.recv().await {
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+            panic!("the notice socket closed before {prefix:?}");
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("the plugin was never told {prefix:?}..."))
+    }
+}
 
 /// Whether a process with this pid exists and is not a zombie (Linux: reads `/proc`).
 pub fn alive(pid: impl Into<u64>) -> bool {

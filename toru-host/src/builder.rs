@@ -51,6 +51,11 @@ pub struct PluginHostBuilder {
     pub(crate) max_response_headers: usize,
     pub(crate) max_response_head_bytes: usize,
     pub(crate) protected_cookies: Vec<String>,
+    /// For the plugin checker: the one file the host loads, whatever else is in its folder
+    /// (and whatever its name).
+    pub(crate) only_file: Option<PathBuf>,
+    /// For the plugin checker: `config.json` somewhere else than the plugins folder.
+    pub(crate) config_file: Option<PathBuf>,
     /// The event channel, when someone subscribed before start.
     pub(crate) events: Option<broadcast::Sender<PluginEvent>>,
     pub(crate) log_events: bool,
@@ -115,6 +120,8 @@ impl Default for PluginHostBuilder {
             max_response_headers: 128,
             max_response_head_bytes: 64 * 1024,
             protected_cookies: Vec::new(),
+            only_file: None,
+            config_file: None,
             events: None,
             log_events: true,
         }
@@ -403,7 +410,10 @@ impl PluginHostBuilder {
     }
 
     pub(crate) fn config_path(&self) -> PathBuf {
-        self.plugin_dir.join(".metadata").join("config.json")
+        match &self.config_file {
+            Some(file) => file.clone(),
+            None => self.plugin_dir.join(".metadata").join("config.json"),
+        }
     }
 
     /// The database file the host opens: `<data dir>/toru.redb`. An application that needs the

@@ -8,7 +8,7 @@ use tokio::sync::broadcast::error::RecvError;
 use toru_plugin_api::PluginMetadata;
 
 use crate::events::{EventKind, ExitStatus, PluginEvent};
-use crate::{PluginHost, PluginRequest, RestartPolicy};
+use crate::{CallError, PluginHost, PluginRequest, RestartPolicy};
 
 /// One step of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +62,9 @@ impl std::fmt::Display for CheckReport {
         writeln!(f, "checking {}", self.file.display())?;
         for step in &self.steps {
             let mark = if step.passed { "ok  " } else { "FAIL" };
-            writeln!(f, "  {mark} {:<9} {}", step.name, step.detail)?;
+            // Lines after the first (a stderr excerpt) line up under it.
+            let detail = step.detail.replace('\n', &format!("\n{:17}", ""));
+            writeln!(f, "  {mark} {:<9} {detail}", step.name)?;
         }
         match self.failure() {
             None => write!(f, "it is a valid Toru plugin"),
@@ -77,48 +79,68 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 /// `ready`, answers a `GET` of its route (and `get_bundle` when it says it has a frontend),
 /// and exits with code 0 after `shutdown`.
 ///
-/// The plugin runs in a private host with its own temporary folders; nothing of the caller's
-/// is touched. The file is copied there with the other files beside it that are not plugins
-/// (a Python or Node plugin on Toru's SDK imports the SDK module from its own folder): at most
-/// 64 files and 64 MiB.
+/// The plugin runs where it is, as it will in the plugins folder: in its own folder, with the
+/// files beside it (a Python or Node.js plugin on Toru's SDK imports the SDK's module from
+/// there; a `package.json` above it applies to a Node.js plugin). Nothing else in that folder
+/// is run or written: the private host that runs it keeps its database, logs, sockets and
+/// `config.json` in a temporary folder of its own, and loads this one file, whatever its name.
 pub async fn check_plugin(file: &Path) -> CheckReport {
     let mut report = CheckReport {
         file: file.to_owned(),
         metadata: None,
         steps: Vec::new(),
     };
-    let work = match tempfile::Builder::new().prefix("toru-check").tempdir() {
-        Ok(dir) => dir,
+    let real = match file.canonicalize().and_then(|real| {
+        let meta = std::fs::metadata(&real)?;
+        Ok((real, meta))
+    }) {
+        Ok((real, meta)) if meta.is_file() => real,
+        Ok(_) => {
+            report.step("file", Err(format!("{} is not a file", file.display())));
+            return report;
+        }
         Err(e) => {
-            report.step("file", Err(format!("cannot make a temporary folder: {e}")));
+            report.step("file", Err(format!("cannot read {}: {e}", file.display())));
             return report;
         }
     };
-    let plugins = work.path().join("plugins");
-    let copy = plugins.join("plugin.binary");
-    let copied = std::fs::create_dir_all(&plugins)
-        .and_then(|_| std::fs::copy(file, &copy))
-        .map(|bytes| match copy_companions(file, &plugins) {
-            0 => format!("{bytes} bytes"),
-            n => format!("{bytes} bytes, with {n} files beside it"),
-        })
-        .map_err(|e| format!("cannot read {}: {e}", file.display()));
-    if !report.step("file", copied) {
-        return report;
-    }
-    let host = PluginHost::builder()
-        .plugin_dir(&plugins)
+    let dir = real.parent().unwrap_or(Path::new("/")).to_owned();
+    let size = std::fs::metadata(&real)
+        .map(|m| m.len())
+        .unwrap_or_default();
+    report.step(
+        "file",
+        Ok(format!(
+            "{size} bytes, run where it is, in {}",
+            dir.display()
+        )),
+    );
+    let work = match tempfile::Builder::new().prefix("toru-check").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.step(
+                "metadata",
+                Err(format!("cannot make a temporary folder: {e}")),
+            );
+            return report;
+        }
+    };
+    let mut builder = PluginHost::builder();
+    builder
+        .plugin_dir(&dir)
         .data_dir(work.path().join("data"))
         .log_dir(work.path().join("logs"))
         .socket_dir(work.path())
+        .watch_plugins(false)
+        .rescan_interval(Duration::from_secs(24 * 3600))
         .restart_policy(RestartPolicy {
             max_consecutive_crashes: 1,
             ..RestartPolicy::default()
         })
-        .stop_grace(Duration::from_secs(5))
-        .start()
-        .await;
-    let host = match host {
+        .stop_grace(Duration::from_secs(5));
+    builder.only_file = Some(real);
+    builder.config_file = Some(work.path().join("config.json"));
+    let host = match builder.start().await {
         Ok(host) => host,
         Err(e) => {
             report.step(
@@ -133,39 +155,6 @@ pub async fn check_plugin(file: &Path) -> CheckReport {
     run_steps(&host, &mut report, &mut events).await;
     host.shutdown().await;
     report
-}
-
-/// The most files, and bytes in all, copied from beside the checked file.
-const COMPANION_FILES: usize = 64;
-const COMPANION_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Copies the regular files beside `file` that are neither plugins (`*.binary`) nor hidden into
-/// `into`, as they sit in the plugins folder where the plugin really runs; stops at
-/// [`COMPANION_FILES`] files or [`COMPANION_BYTES`] bytes. Returns how many were copied.
-fn copy_companions(file: &Path, into: &Path) -> usize {
-    let Some(Ok(entries)) = file.parent().map(std::fs::read_dir) else {
-        return 0;
-    };
-    let (mut files, mut bytes) = (0, 0);
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let text = name.to_string_lossy();
-        // Follows links: an example's SDK module is a link to the SDK's file.
-        let Ok(meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        if text.starts_with('.') || text.ends_with(".binary") || !meta.is_file() {
-            continue;
-        }
-        if files == COMPANION_FILES || bytes + meta.len() > COMPANION_BYTES {
-            break;
-        }
-        if std::fs::copy(entry.path(), into.join(&name)).is_ok() {
-            files += 1;
-            bytes += meta.len();
-        }
-    }
-    files
 }
 
 async fn run_steps(
@@ -210,11 +199,15 @@ async fn run_steps(
     }
 
     let path = format!("{}/", meta.route);
-    let answered = host
-        .request(&meta.id, &PluginRequest::get(&path))
-        .await
-        .map(|r| format!("GET {path} answered {}", r.status))
-        .map_err(|e| format!("GET {path} failed: {e}"));
+    let answered = match host.request(&meta.id, &PluginRequest::get(&path)).await {
+        Ok(r) => Ok(format!("GET {path} answered {}", r.status)),
+        // Why it went away is in the event that records its end (a broken protocol, a crash).
+        Err(e @ CallError::ConnectionLost(_)) => Err(match ended(events, &meta.id).await {
+            Some(why) => format!("GET {path} failed: the plugin went away before answering: {why}"),
+            None => format!("GET {path} failed: {e}"),
+        }),
+        Err(e) => Err(format!("GET {path} failed: {e}")),
+    };
     if !report.step("request", answered) {
         return;
     }
@@ -249,6 +242,37 @@ async fn run_steps(
         }
     };
     report.step("shutdown", stopped.await);
+}
+
+/// Why plugin `id`'s process ended, from the event that records it (waited for a little, as
+/// the host records it after the caller learnt of it), with its last line of output.
+async fn ended(
+    events: &mut tokio::sync::broadcast::Receiver<PluginEvent>,
+    id: &str,
+) -> Option<String> {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(e)
+                    if e.plugin_id == id
+                        && matches!(e.kind, EventKind::Crashed | EventKind::Failed) =>
+                {
+                    return e.reason.map(|mut why| {
+                        if let Some(last) = e.stderr_tail.last() {
+                            why.push_str(&format!(" (last output: {last})"));
+                        }
+                        why
+                    });
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Waits for plugin `id` to start, or for what stopped it from starting.

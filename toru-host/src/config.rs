@@ -89,19 +89,14 @@ impl Config {
         })
     }
 
-    /// Sets (or, with `None`, removes) one setting of `id` and writes the file.
-    pub(crate) fn set_setting(
+    /// Replaces the stored settings of `id` and writes the file.
+    pub(crate) fn set_settings(
         &mut self,
         id: &str,
-        key: &str,
-        value: Option<serde_json::Value>,
+        settings: BTreeMap<String, serde_json::Value>,
     ) -> Result<(), ConfigError> {
         self.update(|file| {
-            let settings = &mut file.plugins.entry(id.to_owned()).or_default().settings;
-            match value {
-                Some(v) => settings.insert(key.to_owned(), v),
-                None => settings.remove(key),
-            };
+            file.plugins.entry(id.to_owned()).or_default().settings = settings;
         })
     }
 
@@ -133,6 +128,7 @@ fn write_atomically(path: &Path, file: &ConfigFile) -> Result<(), ConfigError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
+    // A new temp file is 0600 (it holds secrets); the rename keeps that.
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     let mut json = serde_json::to_vec_pretty(file).expect("config serialises");
     json.push(b'\n');
@@ -158,12 +154,29 @@ mod tests {
         assert_eq!(config.plugin("a"), None);
         config.set_enabled("a", false).unwrap();
         config
-            .set_setting("a", "license_key", Some("k".into()))
+            .set_settings("a", [("license_key".to_owned(), "k".into())].into())
             .unwrap();
-        let again = Config::load(path).unwrap();
+        let again = Config::load(path.clone()).unwrap();
         let a = again.plugin("a").unwrap();
         assert_eq!(a.enabled, Some(false));
         assert_eq!(a.settings["license_key"], "k");
+    }
+
+    /// The file holds secrets (license keys, API tokens): only its owner may read it, however
+    /// it was created before.
+    #[test]
+    fn the_file_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, br#"{"version": 1}"#).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut config = Config::load(path.clone()).unwrap();
+        config
+            .set_settings("a", [("api_token".to_owned(), "s3cret".into())].into())
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     /// The example in docs/operations.md, parsed.

@@ -203,6 +203,9 @@ pub enum ManageError {
     /// The change could not be persisted; nothing was changed.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Settings were refused: each field with its message. Nothing was changed.
+    #[error("the settings are not valid: {0}")]
+    InvalidSettings(crate::settings::SettingErrors),
     /// The plugins folder could not be read.
     #[error("cannot read plugins folder {dir}")]
     Scan {
@@ -260,6 +263,7 @@ http_errors! {
     "plugin_disabled" 404 false "the plugin is installed but disabled";
     "outside_route" 404 false "the path is not under the plugin's route";
     "not_loadable" 409 false "the plugin failed to load; its details say why";
+    "bad_settings" 400 false "settings a plugin's declarations refuse, or that it does not take (a message per field)";
     "bad_request" 400 false "the request cannot be forwarded (a header that is not text, an invalid path)";
     "payload_too_large" 413 false "the request body is larger than the host accepts";
     "plugin_unavailable" 503 true "the plugin is starting, backing off after a crash, or has failed";
@@ -350,8 +354,10 @@ impl CallError {
         }
     }
 
-    /// A sentence for the client: what happened, without the plugin's or the host's internals
-    /// (those are in [`Display`](std::fmt::Display), for logs).
+    /// A sentence for the client: what happened, without the host's internals (those are in
+    /// [`Display`](std::fmt::Display), for logs). A plugin's own `error` reply is passed on: its
+    /// message is what the plugin chose to say, cut to [`PLUGIN_MESSAGE_MAX`] characters, with
+    /// control characters replaced by spaces.
     pub fn public_message(&self) -> String {
         match self {
             CallError::UnknownPlugin(_) => "there is no such plugin".into(),
@@ -363,7 +369,10 @@ impl CallError {
                 format!("plugin {id:?} is not running now ({})", state.name())
             }
             CallError::Timeout { id, .. } => format!("plugin {id:?} did not answer in time"),
-            CallError::Plugin { id, .. } => format!("plugin {id:?} could not handle the request"),
+            CallError::Plugin { id, message, .. } => format!(
+                "plugin {id:?} could not handle the request: {}",
+                plugin_words(message)
+            ),
             CallError::TooLarge { .. } => "the request is too large to forward".into(),
             CallError::BodyTooLarge { limit } => {
                 format!("the request body is larger than {limit} bytes")
@@ -422,6 +431,7 @@ impl ManageError {
         match self {
             ManageError::UnknownPlugin(_) => "unknown_plugin",
             ManageError::NotLoadable { .. } => "not_loadable",
+            ManageError::InvalidSettings(_) => "bad_settings",
             ManageError::Config(_) => "config_not_saved",
             ManageError::Scan { .. } | ManageError::Store(_) | ManageError::Logs(_) => "internal",
             ManageError::ShuttingDown => "shutting_down",
@@ -458,6 +468,7 @@ impl ManageError {
             ManageError::Scan { .. } | ManageError::Store(_) | ManageError::Logs(_) => {
                 "the server could not do that; its log says why".into()
             }
+            ManageError::InvalidSettings(errors) => format!("the settings are not valid: {errors}"),
             ManageError::ShuttingDown => "the server is shutting down".into(),
         }
     }
@@ -510,6 +521,23 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The most characters of a plugin's `error` message passed on to the client (see
+/// [`CallError::public_message`]); the rest is replaced by `…`. The whole message is logged.
+pub const PLUGIN_MESSAGE_MAX: usize = 300;
+
+/// A plugin's message as the client sees it: bounded, on one line.
+fn plugin_words(message: &str) -> String {
+    let mut out: String = message
+        .chars()
+        .take(PLUGIN_MESSAGE_MAX)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if message.chars().nth(PLUGIN_MESSAGE_MAX).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,7 +559,7 @@ mod tests {
             CallError::Plugin {
                 id: id(),
                 code: "x".into(),
-                message: "secret internals".into(),
+                message: "no such item".into(),
             },
             CallError::TooLarge { len: 2, max: 1 },
             CallError::ConnectionLost(id()),
@@ -565,6 +593,29 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_plugins_error_message_reaches_the_client_bounded_and_on_one_line() {
+        let plugin = |message: String| CallError::Plugin {
+            id: "a".into(),
+            code: "not_found".into(),
+            message,
+        };
+        let e = plugin("no item 7\r\nX-Injected: 1".into());
+        assert_eq!(
+            e.public_message(),
+            "plugin \"a\" could not handle the request: no item 7  X-Injected: 1"
+        );
+        let long = "é".repeat(10 * PLUGIN_MESSAGE_MAX);
+        let shown = plugin(long.clone()).public_message();
+        assert!(shown.ends_with('…'), "{shown}");
+        assert_eq!(
+            shown.chars().filter(|c| *c == 'é').count(),
+            PLUGIN_MESSAGE_MAX
+        );
+        // The log line keeps all of it.
+        assert!(plugin(long.clone()).to_string().contains(&long));
     }
 
     #[test]

@@ -69,6 +69,9 @@ event_kinds! {
     /// The plugin's file was replaced but the new version could not be loaded or started; the
     /// old one keeps serving. `reason`, `exit` and `stderr_tail` say why.
     UpgradeFailed = "upgrade_failed",
+    /// An operator changed the plugin's settings; `reason` names them (never a value) and says
+    /// how they apply: live, by a restart, or at the next start.
+    SettingsChanged = "settings_changed",
 }
 
 impl std::fmt::Display for EventKind {

@@ -160,6 +160,11 @@
 //! protocol and the codec, not the plugin SDK or the license verifier.
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod body;
 mod builder;
 mod check;
@@ -176,6 +181,7 @@ mod host;
 mod logs;
 mod process;
 mod request;
+mod settings;
 mod shared;
 mod state;
 mod store;
@@ -190,7 +196,8 @@ pub use contain::limits::{
     Bytes, Cores, Enforcement, Enforcer, Limit, LimitErrors, LimitKind, LimitOverrides, Limits,
 };
 pub use error::{
-    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, StartError, error_response,
+    CallError, ConfigError, Error, HTTP_ERRORS, HttpError, ManageError, PLUGIN_MESSAGE_MAX,
+    StartError, error_response,
 };
 pub use events::{EventKind, EventQuery, ExitStatus, PluginEvent};
 pub use host::{ForwardedTo, NotReady, PluginHost, PluginInfo, PluginState, ScanReport};
@@ -200,12 +207,15 @@ pub use logs::{
     LogConfig, LogEntry, LogError, LogPage, LogQuery, LogSource, SUPERVISOR_LOG, SupervisorEntry,
 };
 pub use request::{PluginRequest, PluginResponse};
+pub use settings::{SettingErrors, SettingView};
 pub use store::{AppSettings, KvError, KvLimits, PluginKv, Store, StoreError};
 pub use supervisor::{HealthPolicy, RestartPolicy};
 /// Types of the plugin protocol that this crate's API shows: a plugin's metadata and the
-/// settings it declares, its protocol versions, log levels, and the KV listing limit.
+/// settings it declares (and their limits), its protocol versions, log levels, and the KV listing
+/// limit.
 pub use toru_plugin_api::protocol::{
-    KV_LIST_MAX, Level, PluginMetadata, SettingKind, SettingSpec, VersionRange,
+    KV_LIST_MAX, Level, MAX_SETTINGS, MAX_TEXT_SETTING, PluginMetadata, SettingKind, SettingSpec,
+    VersionRange,
 };
 pub use websocket::{
     BridgeMessage, ClientFrame, WebSocketSession, WsClosed, WsEvent, WsMessage, WsReceiver,

@@ -61,6 +61,11 @@ fn main() {
 )]
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod codec;
 #[cfg(feature = "license")]
 pub mod license;

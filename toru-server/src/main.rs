@@ -34,12 +34,14 @@ const SERVER_LOG_FILTER: &str = "info,warp::filters::trace=warn";
 const COMMAND_LOG_FILTER: &str = "off";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let default_filter = match cli.command {
-        None | Some(Command::Serve | Command::Demo) => SERVER_LOG_FILTER,
-        Some(_) => COMMAND_LOG_FILTER,
+    let command = Cli::parse().into_command();
+    let (format, default_filter) = match &command {
+        Command::Serve { server } | Command::Demo { server } => {
+            (server.log_format, SERVER_LOG_FILTER)
+        }
+        _ => (LogFormat::Text, COMMAND_LOG_FILTER),
     };
-    init_tracing(cli.server.log_format, default_filter);
+    init_tracing(format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(command)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "toru-server failed");
@@ -60,10 +62,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve::serve(&cli.server, serve::Extras::default()).await?,
-        Command::Demo => demo::demo(cli.server).await?,
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { server } => serve::serve(&server, serve::Extras::default()).await?,
+        Command::Demo { server } => demo::demo(*server).await?,
         Command::CheckPlugin { file } => {
             let report = toru_host::check_plugin(&file).await;
             println!("{report}");
@@ -73,15 +75,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        Command::ResetAdminSecret => reset_admin_secret(&cli.server).await?,
+        Command::ResetAdminSecret { data_dir } => reset_admin_secret(&data_dir).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Makes a new admin secret, stores its hash and prints it once.
-async fn reset_admin_secret(args: &cli::ServerArgs) -> anyhow::Result<()> {
+async fn reset_admin_secret(data_dir: &std::path::Path) -> anyhow::Result<()> {
     let path = toru_host::PluginHost::builder()
-        .data_dir(&args.data_dir)
+        .data_dir(data_dir)
         .db_path();
     let store =
         toru_host::Store::open(&path, toru_host::KvLimits::default()).with_context(|| {

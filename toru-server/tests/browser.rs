@@ -351,6 +351,136 @@ async fn limits_in_the_details_panel_and_a_plugin_stopped_at_one() {
     .await;
 }
 
+/// A secret typed into the form: it must never be in the page once saved.
+const FORM_SECRET: &str = "tok-5b7e0c91-typed-in-the-form";
+
+/// The settings a copy of the Python example declares for the form test: one of every type.
+const FORM_SETTINGS: &str = r#"[
+    {"name": "greeting", "label": "Greeting", "type": "string", "default": "Hello",
+     "help": "The word GET /hello-form/ greets with."},
+    {"name": "retries", "label": "Retries", "type": "number", "default": 3,
+     "help": "How often to try again."},
+    {"name": "verbose", "label": "Verbose logs", "type": "boolean", "default": False},
+    {"name": "mode", "label": "Mode", "type": "choice", "choices": ["fast", "safe"],
+     "default": "safe"},
+    {"name": "api_token", "label": "API token", "type": "secret", "help": "Never shown again."},
+]"#;
+
+/// The details panel's Settings section: hello-python's greeting changed in the form reaches
+/// its route without a restart, the secret typed beside it is never in the page, a bad value is
+/// refused under its field (nothing saved), and a secret can be cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_form_changes_a_live_greeting_and_shows_field_errors() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    server.drop_plugin_with_settings("hello-form", FORM_SETTINGS);
+    with_browser(&server, async |b| {
+        b.login().await;
+        b.wait(&sidebar_dot("hello-python", "green"), "hello-python running").await;
+        let before = b.fetch_json("GET", "/api/plugins/hello-python").await;
+        let pid = before["body"]["pid"].clone();
+        assert!(pid.is_number(), "{before}");
+        b.click(".plugin-card[data-plugin-id='hello-python'] .card-desc").await;
+        let section = "#details-panel[data-plugin-id='hello-python'] [data-section='settings']";
+        b.wait(&format!("{section}:not([hidden])"), "the Settings section").await;
+        b.wait_text(&format!("{section} [data-help='greeting']"), "greets with").await;
+        b.wait_text(&format!("{section} [data-secret-state='api_token']"), "not set").await;
+        // The license key has its own section, not a field here.
+        b.wait_gone(&format!("{section} [data-setting='license_key']"), "no license field")
+            .await;
+
+        b.type_into(&format!("{section} [data-setting='greeting']"), "Howdy").await;
+        b.type_into(&format!("{section} [data-setting='api_token']"), FORM_SECRET).await;
+        b.click(&format!("{section} [data-action='settings-save']")).await;
+        b.wait_text("#toast", "Settings of Hello (Python) saved").await;
+        b.wait(
+            &format!("{section} [data-secret-state='api_token'][data-set='true']"),
+            "the token shown as set",
+        )
+        .await;
+
+        // Within seconds, without a restart.
+        let deadline = std::time::Instant::now() + server::WAIT;
+        loop {
+            let r = b.fetch_json("GET", "/plugins/hello-python/").await;
+            if r["body"]["message"] == "Howdy from Python!" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the greeting never changed: {r}");
+        }
+        let after = b.fetch_json("GET", "/api/plugins/hello-python").await;
+        assert_eq!(after["body"]["pid"], pid, "the same process: {after}");
+
+        // The secret is nowhere in the page: not in its HTML, not in a field.
+        let html = b.js("return document.documentElement.outerHTML").await;
+        assert!(!html.as_str().unwrap().contains(FORM_SECRET), "the secret is in the page");
+        let typed = b
+            .js(&format!(
+                "return [...document.querySelectorAll('input, textarea')].some(i => i.value.includes({FORM_SECRET:?}))"
+            ))
+            .await;
+        assert_eq!(typed, false, "the secret is still in a field");
+        b.clear_toasts().await;
+        b.js("document.querySelector('#details-panel [data-section=settings]').scrollIntoView(); return null")
+            .await;
+        b.shot("plugin-settings.png").await;
+
+        // Cleared: not set any more.
+        b.click(&format!("{section} [data-action='secret-clear']")).await;
+        b.wait(
+            &format!("{section} [data-secret-state='api_token'][data-set='false']"),
+            "the token shown as not set",
+        )
+        .await;
+        b.click("#details-close").await;
+
+        // Every type in a form; a bad number is refused under its field, and nothing is saved.
+        b.wait(".plugin-card[data-plugin-id='hello-form'][data-state='running']", "hello-form")
+            .await;
+        b.click(".plugin-card[data-plugin-id='hello-form'] .card-desc").await;
+        let form = "#details-panel[data-plugin-id='hello-form'] [data-section='settings']";
+        b.wait(&format!("{form}:not([hidden])"), "hello-form's Settings section").await;
+        for (name, kind) in [
+            ("greeting", "input[type='text']"),
+            ("retries", "input[inputmode='decimal']"),
+            ("verbose", "input[type='checkbox']"),
+            ("mode", "select"),
+            ("api_token", "input[type='password']"),
+        ] {
+            b.wait(&format!("{form} {kind}[data-setting='{name}']"), name).await;
+        }
+        b.type_into(&format!("{form} [data-setting='retries']"), "lots").await;
+        b.click(&format!("{form} [data-setting='verbose']")).await;
+        b.select(&format!("{form} [data-setting='mode']"), "fast").await;
+        b.click(&format!("{form} [data-action='settings-save']")).await;
+        b.wait_text(&format!("{form} [data-error='retries']"), "expected a number").await;
+        b.wait_text("#toast", "Could not save the settings of Test hello-form").await;
+        let info = b.fetch_json("GET", "/api/plugins/hello-form").await;
+        let stored = info["body"]["settings"].as_array().cloned().unwrap_or_default();
+        assert!(stored.iter().all(|s| s["set"] == false), "nothing saved: {info}");
+
+        b.type_into(&format!("{form} [data-setting='retries']"), "5").await;
+        b.click(&format!("{form} [data-action='settings-save']")).await;
+        b.wait_text("#toast", "Settings of Test hello-form saved").await;
+        b.wait_gone(&format!("{form} [data-error='retries']:not([hidden])"), "the error gone")
+            .await;
+        let info = b.fetch_json("GET", "/api/plugins/hello-form").await;
+        let values: Vec<_> = info["body"]["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].clone(), s["value"].clone()))
+            .collect();
+        assert_eq!(
+            serde_json::json!(values),
+            serde_json::json!([["greeting", "Hello"], ["retries", 5], ["verbose", true],
+                               ["mode", "fast"], ["api_token", null]]),
+            "{info}"
+        );
+    })
+    .await;
+}
+
 fn sidebar_dot(id: &str, health: &str) -> String {
     format!("#sidebar-plugin-list [data-plugin-id='{id}'] .dot[data-health='{health}']")
 }
@@ -398,6 +528,53 @@ async fn rescan_button_finds_a_new_plugin_and_shows_a_removed_one_as_missing() {
             "Missing",
         )
         .await;
+    })
+    .await;
+}
+
+/// The example plugins' pages are live: each shows the ticks its plugin streams as server-sent
+/// events (protocol 2, through toru-server's streamed responses), and the count goes on rising
+/// while the page is open, one event at a time, not one buffered answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_pages_show_their_live_ticks() {
+    let _turn = SERIAL.lock().await;
+    let server = Server::start();
+    with_browser(&server, async |b| {
+        b.login().await;
+        for (id, ticks) in [
+            (
+                "hello-rust",
+                "Number(document.querySelector('#hello-rust-ticks')?.textContent)",
+            ),
+            (
+                "hello-python",
+                "Number(document.querySelector('#hello-python-ticks')?.dataset.tick)",
+            ),
+        ] {
+            b.wait(&sidebar_dot(id, "green"), &format!("{id} in the sidebar"))
+                .await;
+            b.click(&format!("#sidebar-plugin-list [data-plugin-id='{id}']"))
+                .await;
+            b.wait(
+                "#plugin-view[data-status='mounted']",
+                &format!("{id}'s view mounted"),
+            )
+            .await;
+            let first = b
+                .wait_js(
+                    &format!("{id}'s first tick"),
+                    &format!("return {ticks} >= 1 && {ticks}"),
+                )
+                .await;
+            let first = first.as_f64().expect("a tick number");
+            b.wait_js(
+                &format!("{id}'s ticks to go on after {first}"),
+                &format!("return {ticks} > {first}"),
+            )
+            .await;
+            b.click("#nav-plugins").await;
+            b.wait("#manager", "the Plugin Manager").await;
+        }
     })
     .await;
 }

@@ -16,6 +16,11 @@
 //! ```
 #![deny(missing_docs)]
 
+// The README's examples are compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 

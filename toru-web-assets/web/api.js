@@ -54,7 +54,7 @@ export async function request(path, { method = "GET", body, allowUnauthorized = 
     const message = data?.error?.message ?? `The server answered ${response.status} ${response.statusText}`.trim();
     const error = new ApiError(response.status, code, message);
     error.retryAfter = Number(response.headers.get("Retry-After")) || null;
-    // A form's errors, one message per field (`PUT .../limits`).
+    // A form's errors, one message per field (`PUT .../limits`, `PUT .../settings`).
     error.fields = data?.error?.fields ?? null;
     throw error;
   }
@@ -77,6 +77,8 @@ export const api = {
   disable: (id) => request(`${plugin(id)}/disable`, { method: "POST" }),
   /** Stores license key `key` for plugin `id` (null removes it); the plugin restarts. */
   setLicense: (id, key) => request(`${plugin(id)}/license`, { method: "PUT", body: { license_key: key ?? null } }),
+  /** Changes settings of plugin `id` (`{name: value}`; null removes a value); it applies them live or restarts. */
+  setSettings: (id, changes) => request(`${plugin(id)}/settings`, { method: "PUT", body: changes }),
   /** Sets plugin `id`'s own limits (`{memory, processes, open_files, cpu}`; null: the default); it restarts. */
   setLimits: (id, limits) => request(`${plugin(id)}/limits`, { method: "PUT", body: limits }),
   logs: (id, { page = 0, pageSize = 50, level = "" } = {}) => {

@@ -6,6 +6,7 @@ import { ago, countdown, duration, eventLabel, eventTone, exitText, fullTime, he
 import { icon } from "./icons.js";
 import { licenseSection, licenseState, needsLicenseSection } from "./license.js";
 import { limitsSection } from "./limits.js";
+import { settingsSection } from "./settings.js";
 import { openLogs } from "./logs-modal.js";
 import { getPlugin, onPluginEvent, subscribe } from "./store.js";
 
@@ -16,22 +17,24 @@ import { getPlugin, onPluginEvent, subscribe } from "./store.js";
 export function openDetails(host, id, { onToggle, onClose }) {
   const body = h("div", { class: "details-body" });
   const facts = h("div", { class: "details-facts" });
-  // Between `body` and `facts`, which are rebuilt on every change: it is not, so that the key
-  // being typed survives those.
+  // Between `body` and `facts`, which are rebuilt on every change: these are not, so that what
+  // is being typed survives those.
   const license = licenseSection(id);
+  const settings = settingsSection(id);
   const limits = limitsSection(id);
   const events = h("ol", { id: "details-events", class: "event-list", dataset: { loading: "true" } });
   const closeBtn = h("button", { id: "details-close", class: "icon-btn", type: "button", "aria-label": "Close details" }, icon("close"));
   const panel = h(
     "aside",
     { id: "details-panel", class: "details-panel", dataset: { pluginId: id }, "aria-label": "Plugin details", tabindex: "-1" },
-    h("div", { class: "details-scroll" }, body, license.node, facts, limits.node, h("h3", { class: "section-title" }, "Recent events"), events),
+    h("div", { class: "details-scroll" }, body, license.node, settings.node, facts, limits.node, h("h3", { class: "section-title" }, "Recent events"), events),
   );
   let closed = false;
 
   const render = () => {
     const plugin = getPlugin(id);
     license.render(plugin);
+    settings.render(plugin);
     limits.render(plugin);
     if (!plugin) {
       body.replaceChildren(h("div", { class: "details-head" }, h("h2", {}, id), closeBtn), h("p", { class: "muted" }, "This plugin is no longer installed."));

@@ -129,6 +129,7 @@ const EVENT_LABELS = {
   upgrading: "Upgrading",
   upgraded: "Upgraded",
   upgrade_failed: "Upgrade failed",
+  settings_changed: "Settings changed",
 };
 
 /** Every event kind the server sends (`EventKind::ALL`), for the test that keeps them in step. */

@@ -1,5 +1,6 @@
 // The details panel's License section: whether the plugin has a key and what it made of it, and a
-// field to paste a new key (PUT /api/plugins/:id/license). The field is built once per panel and
+// field to paste a new key (PUT /api/plugins/:id/license, the shorthand for its `license_key`
+// setting). The field is built once per panel and
 // never re-rendered, so what the admin types survives the live updates around it.
 
 import { api } from "./api.js";
@@ -9,9 +10,14 @@ import { icon } from "./icons.js";
 import { refresh, update } from "./store.js";
 import { showToast } from "./toast.js";
 
-/** Whether the details panel shows a License section for `plugin`. */
+/**
+ * Whether the details panel shows a License section for `plugin`: it needs a license, takes a
+ * `license_key` setting, or has a key stored. The key is one of its settings underneath; this
+ * section is its form (the Settings section leaves it out).
+ */
 export function needsLicenseSection(plugin) {
-  return Boolean(plugin && !plugin.load_error && (plugin.metadata?.license_required || plugin.license_key_set));
+  const takesKey = plugin?.settings?.some((s) => s.name === "license_key");
+  return Boolean(plugin && !plugin.load_error && (plugin.metadata?.license_required || takesKey || plugin.license_key_set));
 }
 
 /**

@@ -103,8 +103,9 @@ const HINTS = {
   failed: { state: "failed", pid: null },
   disabled: { state: "disabled", enabled: false, pid: null },
   enabled: { state: "starting", enabled: true },
-  started: { state: "running" },
-  restarted: { state: "running" },
+  // Running again: an earlier error is history (the server clears it too).
+  started: { state: "running", last_error: null },
+  restarted: { state: "running", last_error: null },
   unhealthy: { state: "unhealthy" },
   recovered: { state: "running" },
   out_of_resources: { state: "out_of_resources", pid: null },

@@ -3,6 +3,7 @@
 //! host has (new, replaced, removed) is `host/rescan.rs`'s job; watching the folder is
 //! [`watch`]'s.
 
+pub(crate) mod explain;
 pub(crate) mod watch;
 
 use std::io::Read;
@@ -256,6 +257,9 @@ async fn run_metadata(
     cmd.arg("--metadata")
         .env_clear()
         .envs(clean_env())
+        // Where the plugin runs: its folder (a Node.js plugin's `package.json` lookup, a
+        // Python plugin's imports of files beside it start there).
+        .current_dir(file.parent().unwrap_or(Path::new("/")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -265,7 +269,10 @@ async fn run_metadata(
         .prepare(&mut cmd)
         .map_err(|e| LoadError::Invalid(format!("cannot contain it for --metadata: {e}")))?;
     let mut child = cmd.spawn().map_err(|e| {
-        let why = format!("cannot run it with --metadata: {e}");
+        let why = match explain::script_problem(file, e.raw_os_error()) {
+            Some(problem) => format!("cannot run it with --metadata: {problem} ({e})"),
+            None => format!("cannot run it with --metadata: {e}"),
+        };
         if lack_of_resources(e.raw_os_error())
             || e.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error())
         {
@@ -310,13 +317,26 @@ async fn run_metadata(
             if status.success() {
                 Ok(out)
             } else {
-                let stderr = String::from_utf8_lossy(&err);
-                let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
-                Err(LoadError::Invalid(format!(
-                    "--metadata failed with {}{}",
-                    crate::events::ExitStatus::from(status),
-                    last.map(|l| format!(": {}", l.trim())).unwrap_or_default()
-                )))
+                let excerpt = explain::stderr_excerpt(&String::from_utf8_lossy(&err));
+                let mut why = format!(
+                    "--metadata failed with {}",
+                    crate::events::ExitStatus::from(status)
+                );
+                if let Some(problem) = explain::script_problem(file, None) {
+                    why.push_str(&format!(": {problem}"));
+                }
+                match excerpt.as_slice() {
+                    [] => {}
+                    [one] => why.push_str(&format!("; its stderr: {}", one.trim())),
+                    lines => {
+                        why.push_str("; its stderr:");
+                        for line in lines {
+                            why.push_str("\n  ");
+                            why.push_str(line);
+                        }
+                    }
+                }
+                Err(LoadError::Invalid(why))
             }
         }
     }

@@ -1,14 +1,12 @@
-//! Managing plugins: enable, disable, restart, settings. Each takes the plugin's turn, so
-//! operations on one plugin never interleave, while other plugins are managed meanwhile.
+//! Managing plugins: enable, disable, restart (settings are in `settings.rs`). Each takes the
+//! plugin's turn, so operations on one plugin never interleave, while other plugins are managed
+//! meanwhile.
 
-use crate::config::Config;
 use crate::error::ManageError;
 use crate::shared::OPERATOR;
 use crate::state::PluginInfo;
 use crate::state::PluginState;
 use crate::state::machine::Change;
-
-use toru_plugin_api::protocol::LICENSE_KEY_SETTING as LICENSE_KEY;
 
 use super::PluginHost;
 
@@ -56,6 +54,12 @@ impl PluginHost {
     pub async fn restart(&self, id: &str) -> Result<PluginInfo, ManageError> {
         let _turn = self.turn(id).await?;
         self.loadable(id)?;
+        self.restart_in_turn(id).await;
+        self.get(id)
+    }
+
+    /// [`restart`](Self::restart), with the plugin's turn held by the caller.
+    pub(super) async fn restart_in_turn(&self, id: &str) {
         self.shared.stop_runner(id).await;
         let relaunch = self.shared.registry().plugins.get(id).is_some_and(|e| {
             e.enabled && matches!(e.state, PluginState::Stopping | PluginState::Failed { .. })
@@ -69,46 +73,13 @@ impl PluginHost {
                 self.shared.start_runner(id).await;
             }
         }
-        self.get(id)
-    }
-
-    /// Sets (or with `None` removes) one of a plugin's settings, sent in its next `init`.
-    ///
-    /// # Errors
-    /// An unknown plugin or a config file that cannot be written.
-    pub fn set_setting(
-        &self,
-        id: &str,
-        key: &str,
-        value: Option<serde_json::Value>,
-    ) -> Result<(), ManageError> {
-        if !self.shared.registry().plugins.contains_key(id) {
-            return Err(ManageError::UnknownPlugin(id.to_owned()));
-        }
-        self.shared.config().set_setting(id, key, value)?;
-        Ok(())
-    }
-
-    /// Stores a license key for plugin `id` (its `license_key` setting, sent in `init`) and
-    /// restarts the plugin if it is enabled, so that it checks the key at once. `None` removes
-    /// the key.
-    ///
-    /// # Errors
-    /// An unknown plugin, one that failed to load (nothing is stored then), or a config file
-    /// that cannot be written.
-    pub async fn set_license_key(
-        &self,
-        id: &str,
-        key: Option<&str>,
-    ) -> Result<PluginInfo, ManageError> {
-        // Checked first, so that a plugin that cannot run does not get a key stored for nothing.
-        self.loadable(id)?;
-        self.set_setting(id, LICENSE_KEY, key.map(|k| k.trim().into()))?;
-        self.restart(id).await
     }
 
     /// Waits for plugin `id`'s turn to be managed.
-    async fn turn(&self, id: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, ManageError> {
+    pub(super) async fn turn(
+        &self,
+        id: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ManageError> {
         if self.shared.registry().shutting_down {
             return Err(ManageError::ShuttingDown);
         }
@@ -136,10 +107,4 @@ impl PluginHost {
         }
         Ok(())
     }
-}
-
-pub(super) fn has_license_key(config: &Config, id: &str) -> bool {
-    config
-        .plugin(id)
-        .is_some_and(|p| p.settings.get(LICENSE_KEY).is_some_and(|v| !v.is_null()))
 }

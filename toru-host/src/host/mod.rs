@@ -7,6 +7,7 @@ mod limits;
 mod manage;
 mod ready;
 mod rescan;
+mod settings;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ pub(crate) use calls::client_response;
 pub use ready::NotReady;
 pub use rescan::ScanReport;
 pub(crate) use rescan::ScanState;
+pub(crate) use settings::{send as send_settings, stored as stored_settings};
 
 use crate::builder::{PluginHostBuilder, create_dir};
 use crate::config::Config;
@@ -34,7 +36,6 @@ use crate::logs::{LogError, LogPage, LogQuery, PluginLogs};
 use crate::shared::Shared;
 use crate::state::Registry;
 use crate::store::{AppSettings, PluginKv, Store};
-use manage::has_license_key;
 
 /// A running plugin host. Cheap to clone; every clone is the same host.
 ///
@@ -233,7 +234,7 @@ impl PluginHost {
             .collect();
         let config = self.shared.config();
         for info in &mut infos {
-            info.license_key_set = has_license_key(&config, &info.id);
+            self.fill_settings(&config, info);
             self.fill_limits(&config, info);
         }
         infos
@@ -252,7 +253,7 @@ impl PluginHost {
             .map(|e| e.info(now_millis()))
             .ok_or_else(|| ManageError::UnknownPlugin(id.to_owned()))?;
         let config = self.shared.config();
-        info.license_key_set = has_license_key(&config, id);
+        self.fill_settings(&config, &mut info);
         self.fill_limits(&config, &mut info);
         Ok(info)
     }

@@ -191,11 +191,17 @@ impl PluginHost {
         let settings = &shared.settings;
         let mut state = shared.scan.lock().await;
         let dir = settings.plugin_dir.clone();
-        let files = {
-            let dir = dir.clone();
-            tokio::task::spawn_blocking(move || discovery::list(&dir))
-                .await
-                .map_err(std::io::Error::other)??
+        let files = match &settings.only_file {
+            Some(file) => vec![file.clone()]
+                .into_iter()
+                .filter(|f| f.exists())
+                .collect(),
+            None => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || discovery::list(&dir))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
         };
         let canonical = dir.canonicalize()?;
         let now = Instant::now();

@@ -97,7 +97,10 @@ pub(crate) fn spawn(
         .kill_on_drop(true);
     let exec_error = |e: std::io::Error| SpawnError::Exec {
         file: file.to_owned(),
-        reason: e.to_string(),
+        reason: match crate::discovery::explain::script_problem(file, e.raw_os_error()) {
+            Some(problem) => format!("{problem} ({e})"),
+            None => e.to_string(),
+        },
         errno: e.raw_os_error(),
     };
     container.prepare(&mut cmd).map_err(exec_error)?;

@@ -146,7 +146,9 @@ pub struct PluginInfo {
     pub uptime_ms: Option<u64>,
     /// How the last process ended.
     pub last_exit: Option<ExitStatus>,
-    /// The last error: a crash, a failure or a protocol violation, in words.
+    /// The last error while it is not running again: a crash, a failure or a protocol
+    /// violation, in words. Cleared when the plugin is ready again (its events keep the
+    /// history).
     pub last_error: Option<String>,
     /// Why the last replacement of the plugin's file did not take (the old version kept
     /// serving); cleared by a successful upgrade.
@@ -157,6 +159,12 @@ pub struct PluginInfo {
     pub protocol_version: Option<u32>,
     /// Whether a `license_key` setting is stored for the plugin.
     pub license_key_set: bool,
+    /// The settings it takes (its metadata's, and `license_key` when it needs a license), each
+    /// with the value in effect; a secret only as set or not set.
+    pub settings: Vec<crate::settings::SettingView>,
+    /// What a new version held back for want of settings declares (shown with `settings`).
+    #[serde(skip)]
+    pub(crate) pending_settings: Vec<toru_plugin_api::protocol::SettingSpec>,
     /// How the plugin's processes are kept together: its running (or last) process's
     /// containment, else the host's. `None` only for a plugin that cannot be loaded.
     pub containment: Option<Containment>,
@@ -185,6 +193,12 @@ pub(crate) struct Entry {
     pub(crate) rejected: Option<[u8; 32]>,
     pub(crate) draining: u32,
     pub(crate) protocol_version: Option<u32>,
+    /// Counts changes of its settings, so that a process started with older ones is sent the
+    /// new ones once it is ready.
+    pub(crate) settings_gen: u64,
+    /// The settings a new version of its file declares, when that version could not start for
+    /// want of them (a new required setting): they may be set before it runs.
+    pub(crate) pending_settings: Vec<toru_plugin_api::protocol::SettingSpec>,
     pub(crate) conn: Option<Connection>,
     pub(crate) runner: Option<Runner>,
     /// The containment and enforcement of the running (or last) process.
@@ -220,6 +234,8 @@ impl Entry {
             rejected: None,
             draining: 0,
             protocol_version: None,
+            settings_gen: 0,
+            pending_settings: Vec::new(),
             conn: None,
             runner: None,
             contained: None,
@@ -262,6 +278,8 @@ impl Entry {
             draining: self.draining,
             protocol_version: self.protocol_version,
             license_key_set: false,
+            settings: Vec::new(),
+            pending_settings: self.pending_settings.clone(),
             containment: self.contained.map(|c| c.0),
             limits: Limits::default(),
             limit_overrides: LimitOverrides::default(),

@@ -15,6 +15,7 @@ use toru_plugin_api::protocol::{Level, Message, Payload};
 use crate::connection::{CloseReason, Connection};
 use crate::contain::limits::{Enforcement, LimitHit};
 use crate::contain::{Container, Containment};
+use crate::discovery::Found;
 use crate::error::SpawnError;
 use crate::events::ExitStatus;
 use crate::logs::Capture;
@@ -32,6 +33,8 @@ pub(super) struct Instance {
     pub(super) pid: u32,
     pub(super) conn: Connection,
     pub(super) version: u32,
+    /// The generation of the plugin's settings it was started with.
+    pub(super) settings_gen: u64,
     pub(super) ready_at: Instant,
     pub(super) health: Health,
     socket: PathBuf,
@@ -64,15 +67,28 @@ pub(super) enum Next {
     Command(Command),
 }
 
-/// Spawns plugin `id` from `file` and brings it to `ready`. At most the host's launch
-/// concurrency of starts run at once; waiting for a turn does not count against the start
-/// timeout.
+/// Spawns plugin `id` from `found`'s file and brings it to `ready`, with its settings in
+/// `init`; a plugin whose settings do not allow a start (a required one has no value) is not
+/// spawned. At most the host's launch concurrency of starts run at once; waiting for a turn
+/// does not count against the start timeout.
 pub(super) async fn start(
     shared: &Arc<Shared>,
     id: &str,
-    file: &Path,
+    found: &Found,
     stop: &CancellationToken,
 ) -> Result<Instance, StartEnd> {
+    let file = found.file.as_path();
+    let (settings, settings_gen) =
+        match start::start_settings(shared, id, found.result.as_ref().ok()) {
+            Ok(settings) => settings,
+            Err(why) => {
+                return Err(StartEnd::Failed {
+                    reason: EndReason::Settings(why),
+                    exit: None,
+                    tail: Vec::new(),
+                });
+            }
+        };
     let _turn = tokio::select! {
         turn = shared.launch.acquire() => turn.expect("the launch semaphore is never closed"),
         _ = stop.cancelled() => return Err(StartEnd::Stopped(None)),
@@ -145,13 +161,14 @@ pub(super) async fn start(
         ),
     );
 
-    match start::handshake(shared, id, &socket, &mut child, stop).await {
+    match start::handshake(shared, id, &socket, &mut child, stop, settings).await {
         Ok((conn, version)) => Ok(Instance {
             health: Health::spawn(shared, id, &conn),
             child,
             pid,
             conn,
             version,
+            settings_gen,
             ready_at: Instant::now(),
             socket,
             capture,

@@ -25,6 +25,7 @@ pub use policy::{HealthPolicy, RestartPolicy};
 
 use crate::discovery::Found;
 use crate::events::ExitStatus;
+use crate::settings;
 use crate::shared::Shared;
 use crate::state::PluginState;
 use crate::state::machine::{AfterCrash, Change, Ended};
@@ -132,8 +133,8 @@ impl Supervisor {
         let mut after_crash = false;
         let mut resource_failures = 0;
         loop {
-            let file = self.found.file.clone();
-            let run = match instance::start(&self.shared, &self.id, &file, &self.stop).await {
+            let found = self.found.clone();
+            let run = match instance::start(&self.shared, &self.id, &found, &self.stop).await {
                 Ok(instance) => {
                     resource_failures = 0;
                     match self.serve(instance, after_crash).await {
@@ -211,6 +212,7 @@ impl Supervisor {
             self.change(Change::Stopped { exit }).await;
             return None;
         }
+        self.resync_settings(&current).await;
         loop {
             let next = current
                 .next(&self.shared, &self.id, &self.stop, Some(&mut self.commands))
@@ -286,9 +288,8 @@ impl Supervisor {
             return Ok(Upgrade::Failed("the plugin is not running".into()));
         }
         let attempt = self.stop.child_token();
-        let file = found.file.clone();
-        let (shared, id) = (Arc::clone(&self.shared), self.id.clone());
-        let start = instance::start(&shared, &id, &file, &attempt);
+        let (shared, id, next) = (Arc::clone(&self.shared), self.id.clone(), found.clone());
+        let start = instance::start(&shared, &id, &next, &attempt);
         tokio::pin!(start);
         let started = tokio::select! {
             biased;
@@ -323,6 +324,7 @@ impl Supervisor {
                 let old = std::mem::replace(current, new);
                 let (shared, id) = (Arc::clone(&self.shared), self.id.clone());
                 self.shared.tasks.spawn(old.retire(shared, id));
+                self.resync_settings(current).await;
                 Ok(Upgrade::Upgraded)
             }
             Err(StartEnd::Stopped(_)) => {
@@ -351,13 +353,45 @@ impl Supervisor {
                 };
                 let text = ended.reason.clone();
                 let hash = found.hash;
+                // Held back by its settings (a new required one): an operator may set what the
+                // new version declares, and the upgrade is tried again.
+                let pending = matches!(reason, EndReason::Settings(_))
+                    .then(|| found.result.as_ref().map(settings::declared).ok())
+                    .flatten();
                 self.shared
                     .transition(&self.id, Change::UpgradeFailed { ended }, |e| {
-                        e.rejected = hash
+                        e.rejected = hash;
+                        if let Some(pending) = pending {
+                            e.pending_settings = pending;
+                        }
                     })
                     .await;
                 Ok(Upgrade::Failed(text))
             }
+        }
+    }
+
+    /// Sends a process that just became ready the plugin's settings when they changed while
+    /// it started (its `init` may have held older ones). Only a plugin with `live_settings`
+    /// gets them so; any other is restarted by the change itself.
+    async fn resync_settings(&self, instance: &Instance) {
+        let generation = self
+            .shared
+            .registry()
+            .plugins
+            .get(&self.id)
+            .map(|e| e.settings_gen);
+        let live = self.found.result.as_ref().is_ok_and(|m| m.live_settings);
+        if !live || generation.is_none_or(|g| g == instance.settings_gen) {
+            return;
+        }
+        let Ok((values, _)) =
+            start::start_settings(&self.shared, &self.id, self.found.result.as_ref().ok())
+        else {
+            return;
+        };
+        if !crate::host::send_settings(&instance.conn, values).await {
+            tracing::warn!(plugin.id = %self.id, "cannot send the plugin its changed settings");
         }
     }
 

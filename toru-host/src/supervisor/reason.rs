@@ -25,6 +25,9 @@ pub(crate) enum EndReason {
     RefusedConfig { last_line: Option<String> },
     /// It exceeded one of its resource limits and was stopped for it.
     Limit(LimitHit),
+    /// It was not started: its settings do not allow it (a required one has no value). The
+    /// text names them, never a value.
+    Settings(String),
 }
 
 impl EndReason {
@@ -33,7 +36,8 @@ impl EndReason {
         match self {
             EndReason::Start(failure) => failure.is_final(),
             EndReason::Spawn(SpawnError::SocketPathTooLong { .. })
-            | EndReason::RefusedConfig { .. } => true,
+            | EndReason::RefusedConfig { .. }
+            | EndReason::Settings(_) => true,
             _ => false,
         }
     }
@@ -69,6 +73,7 @@ impl std::fmt::Display for EndReason {
             EndReason::Start(failure) => failure.fmt(f),
             EndReason::Spawn(e) => e.fmt(f),
             EndReason::Limit(hit) => hit.fmt(f),
+            EndReason::Settings(why) => f.write_str(why),
             EndReason::RefusedConfig { last_line } => {
                 f.write_str("plugin refused its configuration (exit code 78)")?;
                 match last_line {

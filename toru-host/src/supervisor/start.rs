@@ -8,10 +8,12 @@ use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use toru_plugin_api::PluginMetadata;
 use toru_plugin_api::protocol::{CowStr, Init, Payload, VersionRange, error_code};
 
 use crate::connection::{CallFailure, CloseReason, Connection, Reply, Services, StreamLimits};
 use crate::events::ExitStatus;
+use crate::settings::{self, Values};
 use crate::shared::Shared;
 
 /// The protocol versions the host offers: 1, and 2 with streams.
@@ -61,13 +63,38 @@ impl std::fmt::Display for StartFailure {
     }
 }
 
-/// Connects to the plugin and completes `init`/`ready` within the start timeout.
+/// The settings plugin `id` starts with (from `meta`'s declarations and `config.json`), and the
+/// generation of its settings they are: read before the values, so that a change made meanwhile
+/// is sent again once the process is ready, never missed.
+///
+/// # Errors
+/// What keeps it from starting (a required setting with no value), in words.
+pub(super) fn start_settings(
+    shared: &Shared,
+    id: &str,
+    meta: Option<&PluginMetadata>,
+) -> Result<(Values, u64), String> {
+    let generation = shared
+        .registry()
+        .plugins
+        .get(id)
+        .map_or(0, |e| e.settings_gen);
+    let stored = crate::host::stored_settings(&shared.config(), id);
+    let specs = meta.map(settings::declared).unwrap_or_default();
+    settings::effective(&specs, &stored)
+        .map(|values| (values, generation))
+        .map_err(|unmet| unmet.to_string())
+}
+
+/// Connects to the plugin and completes `init`/`ready` within the start timeout; the plugin
+/// gets `settings` in `init`.
 pub(super) async fn handshake(
     shared: &Arc<Shared>,
     id: &str,
     socket: &Path,
     child: &mut Child,
     stop: &CancellationToken,
+    settings: Values,
 ) -> Result<(Connection, u32), StartFailure> {
     let timeout = shared.settings.start_timeout;
     let deadline = Instant::now() + timeout;
@@ -82,11 +109,6 @@ pub(super) async fn handshake(
         };
         let limits = StreamLimits::from_settings(&shared.settings);
         let conn = Connection::start(id, stream, shared.codec, services, limits);
-        let settings = shared
-            .config()
-            .plugin(id)
-            .map(|p| p.settings.clone())
-            .unwrap_or_default();
         let instance_id = shared.instance_id.to_string();
         let socket_path = socket.to_string_lossy();
         let log_path = shared.logs.path_for(id);

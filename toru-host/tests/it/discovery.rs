@@ -168,3 +168,52 @@ async fn a_relative_plugins_folder_works() {
     serving(&host, &["rel"]).await;
     host.shutdown().await;
 }
+
+/// Files that cannot run, each with a reason that names the cause rather than what the system
+/// says ("Exec format error", "No such file or directory" of a file that is there), and a
+/// `--metadata` failure whose cause is not on its last line of stderr.
+#[tokio::test]
+async fn load_errors_name_the_cause() {
+    let env = Env::new();
+    env.install_file("no-shebang.binary", b"print('hello')\n");
+    env.install_file("crlf-direct.binary", b"#!/bin/sh\r\necho '{}'\r\n");
+    env.install_file("crlf-env.binary", b"#!/usr/bin/env sh\r\necho '{}'\r\n");
+    env.install_file(
+        "no-interpreter.binary",
+        b"#!/usr/local/bin/no-such-python3 -u\nprint('hello')\n",
+    );
+    let mut noisy = String::from(
+        "#!/bin/sh\necho 'loading plugin' >&2\necho 'Error: cannot find module ./toru-plugin.mjs' >&2\n",
+    );
+    for i in 0..20 {
+        noisy.push_str(&format!("echo '    at frame {i}' >&2\n"));
+    }
+    noisy.push_str("echo 'Runtime v20.11.0' >&2\nexit 1\n");
+    env.install_file("noisy.binary", noisy.as_bytes());
+
+    let host = env.start().await;
+    let reason = |id: &str| host.get(id).unwrap().load_error.unwrap_or_default();
+    let cases = [
+        ("no-shebang.binary", "a shebang line is missing"),
+        ("crlf-direct.binary", "Windows (CRLF) line endings"),
+        ("crlf-env.binary", "Windows (CRLF) line endings"),
+        (
+            "no-interpreter.binary",
+            "names the interpreter /usr/local/bin/no-such-python3, which is not installed",
+        ),
+        (
+            "noisy.binary",
+            "Error: cannot find module ./toru-plugin.mjs",
+        ),
+        ("noisy.binary", "Runtime v20.11.0"),
+    ];
+    for (file, says) in cases {
+        assert!(reason(file).contains(says), "{file}: {}", reason(file));
+    }
+    assert!(
+        !reason("noisy.binary").contains("frame 3"),
+        "{}",
+        reason("noisy.binary")
+    );
+    host.shutdown().await;
+}

@@ -264,6 +264,9 @@ async fn the_librarys_own_event_logging_can_be_switched_off() {
     let logged = Logged::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(logged.clone()));
+    // Another test's thread may have registered the library's log call sites while this
+    // subscriber was being set (their interest then cached as "never"): ask again.
+    tracing::callsite::rebuild_interest_cache();
     for log in [true, false] {
         let env = Env::new();
         env.install_test_plugin("serve", "x");

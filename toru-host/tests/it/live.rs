@@ -72,11 +72,16 @@ async fn a_removed_file_stops_its_plugin_which_stays_missing_with_its_data_until
     let env = Env::new();
     let file = env.install_test_plugin("serve", "gone");
     let script = std::fs::read(&file).unwrap();
+    // A setting the plugin does not declare (left by hand, or by an earlier version).
+    std::fs::create_dir_all(env.plugins().join(".metadata")).unwrap();
+    std::fs::write(
+        env.plugins().join(".metadata/config.json"),
+        r#"{"version": 1, "plugins": {"gone": {"settings": {"colour": "blue"}}}}"#,
+    )
+    .unwrap();
     let host = start_with(&live(&env)).await;
     serving(&host, &["gone"]).await;
     host.kv("gone").unwrap().set("kept", "yes").await.unwrap();
-    host.set_setting("gone", "colour", Some("blue".into()))
-        .unwrap();
     let pid = pid_of(&host, "gone");
     let mut rx = host.subscribe();
 

@@ -11,6 +11,7 @@ mod lifecycle;
 mod live;
 mod logs;
 mod orphans;
+mod settings;
 mod store_crash;
 mod streams;
 mod supervision;

@@ -88,7 +88,7 @@ async fn a_download_streams_byte_exact_with_an_exact_length() {
 #[tokio::test]
 async fn an_upload_streams_to_the_plugin_and_one_over_the_limit_is_refused() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let mut b = env.builder();
     b.max_upload_bytes(30_000_000);
@@ -135,7 +135,7 @@ async fn an_upload_streams_to_the_plugin_and_one_over_the_limit_is_refused() {
 #[tokio::test]
 async fn server_sent_events_arrive_one_by_one_and_a_client_that_leaves_cancels() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let host = started(&env, &["t"]).await;
     let response = host.stream("t", get("/t/ticks?every=20")).await.unwrap();
@@ -281,7 +281,7 @@ async fn a_plugin_that_never_reads_its_socket_is_killed_and_its_callers_released
 #[tokio::test]
 async fn streams_over_the_limit_get_503_and_an_idle_stream_is_cancelled() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let mut b = env.builder();
     b.max_streams_per_plugin(2)

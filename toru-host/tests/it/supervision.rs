@@ -49,7 +49,18 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
                 .await;
             assert!(err.is_err(), "{how}: the plugin answered instead of dying");
         }
-        let kinds = kinds_until(&mut rx, "p", EventKind::Restarted).await;
+        let mut crash_reason = String::new();
+        let mut kinds = Vec::new();
+        wait_for(&mut rx, "p to restart", |e| {
+            if e.plugin_id == "p" {
+                kinds.push(e.kind);
+                if e.kind == EventKind::Crashed {
+                    crash_reason = e.reason.clone().unwrap_or_default();
+                }
+            }
+            e.plugin_id == "p" && e.kind == EventKind::Restarted
+        })
+        .await;
         assert_eq!(
             kinds,
             [
@@ -60,10 +71,13 @@ async fn panics_exits_and_outside_kills_are_restarted_with_events_in_order() {
             ],
             "{how}"
         );
+        assert!(
+            crash_reason.contains(&exit.to_string()),
+            "{how}: {crash_reason}"
+        );
         let info = host.get("p").unwrap();
         assert_eq!(info.last_exit, Some(exit), "{how}");
-        let reason = info.last_error.unwrap_or_default();
-        assert!(reason.contains(&exit.to_string()), "{how}: {reason}");
+        assert_eq!(info.last_error, None, "{how}: cleared once it runs again");
         assert_eq!(info.state, PluginState::Running, "{how}");
         assert_ne!(info.pid, Some(pid), "{how}");
         neighbour_serves(&host).await;

@@ -212,7 +212,7 @@ pub async fn kinds_until(
     kinds
 }
 
-pub use toru_test_support::alive;
+pub use toru_test_support::{Notices, alive, wait_gone};
 
 /// The running pid of plugin `id`.
 pub fn pid_of(host: &PluginHost, id: &str) -> u32 {
@@ -248,27 +248,6 @@ pub async fn wait_recorded(host: &PluginHost, id: &str, kind: EventKind) -> Vec<
     }
 }
 
-/// Waits until process `pid` has exited (any process, not only our children), using a pidfd.
-pub async fn wait_gone(pid: u32) {
-    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return,
-        Err(e) => panic!("pidfd_open({pid}): {e}"),
-    };
-    // The pidfd is an OwnedFd that AsyncFd owns until it drops it: nothing else can close it,
-    // which is what the deprecation (and its `unsafe` replacement) is about.
-    #[allow(deprecated)]
-    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
-        .expect("pidfd is pollable");
-    let _ready = tokio::time::timeout(WAIT, fd.readable())
-        .await
-        .unwrap_or_else(|_| panic!("process {pid} still runs"))
-        .expect("pidfd readable");
-}
-
 /// Waits until every plugin in `ids` serves requests.
 pub async fn serving(host: &PluginHost, ids: &[&str]) {
     // Subscribe first, then look: a start between the two is not missed.
@@ -286,47 +265,4 @@ pub async fn started(env: &Env, ids: &[&str]) -> PluginHost {
     let host = env.start().await;
     serving(&host, ids).await;
     host
-}
-
-/// What a notifying test plugin was told (`cancel <id>`, `ws_close <id> <code>`), one line per
-/// connection to a Unix socket in the test's folder.
-pub struct Notices {
-    pub path: PathBuf,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Notices {
-    pub fn new(env: &Env) -> Notices {
-        use tokio::io::AsyncBufReadExt;
-        let path = env.dir.path().join("n.sock");
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind the notice socket");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut lines = tokio::io::BufReader::new(stream).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let _ = tx.send(line);
-                    }
-                });
-            }
-        });
-        Notices { path, lines }
-    }
-
-    /// Waits for a line that starts with `prefix` and returns it.
-    pub async fn wait_prefix(&mut self, prefix: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.starts_with(prefix) {
-                    return line;
-                }
-            }
-            panic!("the notice socket closed before {prefix:?}");
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("the plugin was never told {prefix:?}..."))
-    }
 }

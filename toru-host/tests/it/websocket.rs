@@ -34,7 +34,7 @@ async fn recv(session: &mut toru_host::WebSocketSession) -> WsEvent {
 #[tokio::test]
 async fn a_session_echoes_both_kinds_and_passes_close_codes_both_ways() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let host = started(&env, &["t"]).await;
 
@@ -84,7 +84,7 @@ async fn a_session_echoes_both_kinds_and_passes_close_codes_both_ways() {
 #[tokio::test]
 async fn a_plugin_message_over_the_limit_or_a_crash_ends_the_session_with_1011() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let mut b = env.builder();
     b.max_ws_message_bytes(100_000);
@@ -179,7 +179,7 @@ fn close_code(m: &Message) -> Option<u16> {
 #[tokio::test]
 async fn forward_upgrades_a_hyper_connection_and_bridges_it() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let mut b = env.builder();
     b.max_ws_message_bytes(200_000);
@@ -248,7 +248,7 @@ async fn forward_upgrades_a_hyper_connection_and_bridges_it() {
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001_both_ways() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let host = started(&env, &["t"]).await;
     let addr = serve(host.clone()).await;

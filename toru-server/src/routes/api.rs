@@ -1,5 +1,5 @@
-//! The REST API under `/api` (behind authentication): plugins, their license keys, bundles, logs
-//! and events, and the instance.
+//! The REST API under `/api` (behind authentication): plugins, their settings, license keys,
+//! limits, bundles, logs and events, and the instance.
 
 use std::str::FromStr;
 
@@ -20,6 +20,9 @@ const MAX_LICENSE_KEY_CHARS: usize = 4096;
 const LICENSE_BODY_LIMIT: u64 = 64 * 1024;
 /// The largest limits body read (four short values fit many times over).
 const LIMITS_BODY_LIMIT: u64 = 16 * 1024;
+/// The largest settings body read: every setting a plugin may declare at its longest text.
+const SETTINGS_BODY_LIMIT: u64 =
+    (toru_host::MAX_SETTINGS * (toru_host::MAX_TEXT_SETTING + 256)) as u64;
 
 pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
     let list = warp::path!("plugins")
@@ -78,6 +81,15 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .and_then(set_limits)
         .recover(super::error::settle)
         .unify();
+    let settings = warp::path!("plugins" / PluginId / "settings")
+        .and(warp::put())
+        .and(body::json::<serde_json::Value>(
+            SETTINGS_BODY_LIMIT.min(state.max_body_bytes),
+        ))
+        .and(with_state(state))
+        .and_then(set_settings)
+        .recover(super::error::settle)
+        .unify();
     let bundle = warp::path!("plugins" / PluginId / "bundle.js")
         .and(warp::get())
         .and(warp::header::optional::<String>("if-none-match"))
@@ -115,6 +127,8 @@ pub(crate) fn routes(state: &State) -> BoxedFilter<(Response,)> {
         .or(license)
         .unify()
         .or(limits)
+        .unify()
+        .or(settings)
         .unify()
         .or(bundle)
         .unify()
@@ -193,6 +207,35 @@ async fn set_license(
     state
         .host
         .set_license_key(&id, key)
+        .await
+        .map(|i| json(&i))
+        .map_err(reject)
+}
+
+/// `PUT /api/plugins/:id/settings` with `{"greeting": "Howdy", "api_token": "..."}` changes the
+/// named settings (`null` removes a value, so its default applies; settings left out keep
+/// theirs), checked against the plugin's declarations: a bad value or an unknown name is a 400
+/// naming every bad field (`error.fields`), and nothing is changed. Then the plugin gets them,
+/// live or by a restart, and the answer is the plugin (secrets shown only as set or not).
+async fn set_settings(
+    PluginId(id): PluginId,
+    body: serde_json::Value,
+    state: State,
+) -> Result<Response, Rejection> {
+    let serde_json::Value::Object(changes) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_settings",
+            "the body must be a JSON object of settings by name, like {\"greeting\": \"Howdy\"}",
+        )
+        .reject());
+    };
+    // Names only: values may be secret.
+    let names: Vec<&str> = changes.keys().take(20).map(String::as_str).collect();
+    tracing::info!(plugin.id = %id, settings = ?names, count = changes.len(), "changing the plugin's settings");
+    state
+        .host
+        .set_settings(&id, &changes)
         .await
         .map(|i| json(&i))
         .map_err(reject)

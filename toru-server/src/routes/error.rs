@@ -136,12 +136,24 @@ impl From<ManageError> for ApiError {
             }
             _ => {}
         }
+        let fields = match &e {
+            ManageError::InvalidSettings(errors) => Some(Box::new(
+                errors
+                    .0
+                    .iter()
+                    .map(|(field, message)| {
+                        (field.clone(), serde_json::Value::String(message.clone()))
+                    })
+                    .collect(),
+            )),
+            _ => None,
+        };
         ApiError {
             status: e.status(),
             code: e.code(),
             message: e.public_message(),
             retry_after: e.retry_after(),
-            fields: None,
+            fields,
         }
     }
 }
@@ -265,11 +277,17 @@ mod tests {
         let e = ApiError::from(CallError::Plugin {
             id: "a".into(),
             code: "x".into(),
-            message: "secret internals".into(),
+            message: "the item is locked".into(),
         });
         assert_eq!(e.status, StatusCode::BAD_GATEWAY);
         assert_eq!(e.code, "plugin_error");
-        assert!(!e.message.contains("internals"));
+        // The plugin's own words reach the client; the host's do not.
+        assert!(e.message.ends_with("the item is locked"), "{}", e.message);
+        let e = ApiError::from(CallError::BadResponse {
+            id: "a".into(),
+            reason: "secret internals".into(),
+        });
+        assert!(!e.message.contains("internals"), "{}", e.message);
         let e = ApiError::from(CallError::ShuttingDown);
         assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
     }

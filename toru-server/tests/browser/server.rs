@@ -103,6 +103,28 @@ impl Server {
         install(&file, &file);
     }
 
+    /// Drops a copy of the Python example with id `id` whose `SETTINGS` list is `settings` (a
+    /// Python literal) into the plugins folder.
+    pub(crate) fn drop_plugin_with_settings(&self, id: &str, settings: &str) {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/hello-plugin-python/hello-plugin-python.binary");
+        let source = python_variant(&python, id, "");
+        let start = source.find("SETTINGS = [").expect("the example's SETTINGS");
+        let end = start + source[start..].find("\n]\n").expect("the end of SETTINGS") + 3;
+        let source = format!(
+            "{}SETTINGS = {settings}\n{}",
+            &source[..start],
+            &source[end..]
+        );
+        let file = self
+            ._dir
+            .path()
+            .join("plugins")
+            .join(format!("{id}.binary"));
+        std::fs::write(&file, source).unwrap();
+        install(&file, &file);
+    }
+
     /// Removes plugin file `<id>.binary` from the plugins folder.
     pub(crate) fn remove_plugin(&self, id: &str) {
         let file = self

@@ -455,7 +455,8 @@ async fn a_generated_secret_is_shown_once_stored_hashed_and_reset_on_demand() {
 
     let out = tokio::process::Command::new(crate::util::server_bin())
         .arg("reset-admin-secret")
-        .args(env.args())
+        .arg("--data-dir")
+        .arg(env.data())
         .env_remove("TORU_ADMIN_SECRET")
         .output()
         .await

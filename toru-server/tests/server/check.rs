@@ -51,3 +51,43 @@ async fn check_plugin_fails_broken_plugins_with_the_reason() {
     assert!(!ok, "{out}");
     assert!(out.contains("cannot read"), "{out}");
 }
+
+#[tokio::test]
+async fn check_plugin_names_the_cause() {
+    let env = Env::new();
+    let cases = [
+        (
+            env.install_file("no-shebang.binary", b"print('hello')\n"),
+            "a shebang line is missing",
+        ),
+        (
+            env.install_file("crlf.binary", b"#!/usr/bin/env python3\r\nprint('{}')\r\n"),
+            "Windows (CRLF) line endings",
+        ),
+        (
+            env.install_test_plugin("bad-status", "status"),
+            "went away before answering: plugin broke the protocol: plugin sent an invalid HTTP status 1000",
+        ),
+    ];
+    for (file, says) in cases {
+        let (ok, out) = check(&file).await;
+        assert!(!ok, "{out}");
+        assert!(out.contains(says), "{}: {out}", file.display());
+    }
+}
+
+#[tokio::test]
+async fn check_plugin_help_lists_only_its_own_flags() {
+    let out = tokio::process::Command::new(server_bin())
+        .args(["check-plugin", "--help"])
+        .output()
+        .await
+        .expect("run check-plugin --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("<FILE>"), "{help}");
+    assert!(
+        !help.contains("--bind") && !help.contains("--plugins-dir"),
+        "{help}"
+    );
+}

@@ -12,5 +12,6 @@ mod license;
 mod lifecycle;
 mod live;
 mod routes;
+mod settings;
 mod streams;
 mod util;

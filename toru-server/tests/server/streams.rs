@@ -48,7 +48,7 @@ async fn started(env: &Env, extra: &[&str]) -> Server {
 #[tokio::test]
 async fn server_sent_events_reach_the_client_while_the_stream_runs() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let server = started(&env, &[]).await;
     let mut r = server.get("/plugins/t/ticks?every=30").await;
@@ -256,7 +256,7 @@ fn refused_status(e: tokio_tungstenite::tungstenite::Error) -> u16 {
 #[tokio::test]
 async fn websockets_echo_with_the_servers_authentication_and_refuse_other_sites() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let server = started(&env, &["--max-ws-message-bytes", "100000"]).await;
 
@@ -325,7 +325,7 @@ async fn websockets_echo_with_the_servers_authentication_and_refuse_other_sites(
 #[tokio::test]
 async fn sigterm_closes_open_websockets_with_1001() {
     let env = Env::new();
-    let mut notices = Notices::new(&env);
+    let mut notices = Notices::new(env.dir.path());
     env.install_notifying_plugin("v2", "t", &notices);
     let mut server = started(&env, &[]).await;
     let mut ws = connect(&server, "/plugins/t/ws", None).await.unwrap();

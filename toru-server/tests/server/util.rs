@@ -407,7 +407,7 @@ impl Events {
     }
 }
 
-pub(crate) use toru_test_support::alive;
+pub(crate) use toru_test_support::{Notices, alive, wait_gone};
 
 /// Waits until `file` contains `needle`, woken by inotify on its folder (the host writes logs
 /// from a thread, a little after the event that causes them).
@@ -451,26 +451,6 @@ fn wait_file_blocking(file: &Path, needle: &str) -> String {
     }
 }
 
-/// Waits until process `pid` has exited (any process, not only a child), using a pidfd.
-pub(crate) async fn wait_gone(pid: u64) {
-    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return,
-        Err(e) => panic!("pidfd_open({pid}): {e}"),
-    };
-    // The pidfd is an OwnedFd that AsyncFd owns until it drops it: nothing else can close it.
-    #[allow(deprecated)]
-    let fd = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
-        .expect("pidfd is pollable");
-    let _ready = tokio::time::timeout(WAIT, fd.readable())
-        .await
-        .unwrap_or_else(|_| panic!("process {pid} still runs"))
-        .expect("pidfd readable");
-}
-
 /// A pid a test plugin wrote to `file` in the plugins folder.
 pub(crate) fn pid_file(env: &Env, file: &str) -> u64 {
     let path = env.plugins().join(file);
@@ -479,48 +459,6 @@ pub(crate) fn pid_file(env: &Env, file: &str) -> u64 {
         .trim()
         .parse()
         .expect("a pid")
-}
-
-/// What a notifying test plugin was told (`cancel <id>`, `ws_close <id> <code>`): one line per
-/// connection to a Unix socket in the test's folder.
-pub(crate) struct Notices {
-    pub(crate) path: PathBuf,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-impl Notices {
-    pub(crate) fn new(env: &Env) -> Notices {
-        let path = env.dir.path().join("n.sock");
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind the notice socket");
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut lines = BufReader::new(stream).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        let _ = tx.send(line);
-                    }
-                });
-            }
-        });
-        Notices { path, lines }
-    }
-
-    /// Waits for a line that starts with `prefix` and returns it.
-    pub(crate) async fn wait_prefix(&mut self, prefix: &str) -> String {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.starts_with(prefix) {
-                    return line;
-                }
-            }
-            panic!("the notice socket closed before {prefix:?}");
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .unwrap_or_else(|_| panic!("the plugin was never told {prefix:?}..."))
-    }
 }
 
 /// The resident set of process `pid`, in bytes (`VmRSS` of `/proc/<pid>/status`).

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio_util::codec::Framed;
 use toru_plugin_api::protocol::{
-    CowStr, HttpResponse, Payload, PluginMetadata, Ready, VersionRange, error_code,
+    CowStr, HttpResponse, Payload, PluginMetadata, Ready, SettingSpec, VersionRange, error_code,
 };
 use toru_plugin_api::{FrameCodec, Message};
 
@@ -41,13 +41,21 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
         route: format!("/{id}"),
         protocol: Some(VersionRange::SUPPORTED),
         frontend: false,
-        license_required: false,
+        license_required: mode == "needs-key",
         sandbox: if mode == "v2-sandboxed" {
             vec!["allow-same-origin".into()]
         } else {
             Vec::new()
         },
         ..Default::default()
+    };
+    let meta = match mode {
+        "settings" | "live-settings" => PluginMetadata {
+            settings: test_settings(),
+            live_settings: mode == "live-settings",
+            ..meta
+        },
+        _ => meta,
     };
     match mode {
         "no-metadata" => None,
@@ -81,6 +89,20 @@ fn metadata(mode: &str, id: &str) -> Option<String> {
         }
         _ => Some(serde_json::to_string(&meta).expect("metadata serialises")),
     }
+}
+
+/// What modes `settings` and `live-settings` declare: one setting of every type, and a
+/// required one.
+fn test_settings() -> Vec<SettingSpec> {
+    serde_json::from_value(serde_json::json!([
+        {"name": "greeting", "label": "Greeting", "type": "string", "default": "Hello"},
+        {"name": "retries", "label": "Retries", "type": "number", "default": 3},
+        {"name": "verbose", "label": "Verbose", "type": "boolean", "default": false},
+        {"name": "mode", "label": "Mode", "type": "choice", "choices": ["fast", "safe"], "default": "safe"},
+        {"name": "api_token", "label": "API token", "type": "secret"},
+        {"name": "endpoint", "label": "Endpoint", "type": "string", "required": true},
+    ]))
+    .expect("test settings")
 }
 
 /// Starts a daemon the way a careless plugin would: a double fork and `setsid`, so that it
@@ -198,6 +220,8 @@ async fn main() {
     }
     let mut framed = Framed::new(stream, FrameCodec::new());
     let mut served = 0u32;
+    // The settings from `init`, and from `settings` messages in mode `live-settings`.
+    let mut settings = serde_json::Map::new();
     while let Some(frame) = framed.next().await {
         let Some(frame) = frame.expect("frame").into_frame() else {
             continue;
@@ -207,6 +231,15 @@ async fn main() {
         let reply = match msg.payload {
             Payload::Init(init) => match mode {
                 "never-init" => continue,
+                "settings" | "live-settings" => {
+                    settings = init.settings.into_iter().collect();
+                    Message::new(
+                        id_,
+                        Payload::Ready(Ready {
+                            protocol_version: 1,
+                        }),
+                    )
+                }
                 "old-protocol" => Message::error(
                     id_,
                     error_code::UNSUPPORTED_PROTOCOL_VERSION,
@@ -269,6 +302,22 @@ async fn main() {
                     (_, "error") => {
                         Message::error(id_, error_code::PLUGIN_ERROR, "this route always fails")
                     }
+                    // A status no HTTP response can have.
+                    ("bad-status", _) => Message::new(
+                        id_,
+                        Payload::HttpResponse(HttpResponse {
+                            status: 1000,
+                            headers: Vec::new(),
+                            body: None,
+                            body_base64: None,
+                            end_stream: None,
+                        }),
+                    ),
+                    ("settings" | "live-settings", _) => text_response(
+                        id_,
+                        serde_json::json!({"settings": settings, "pid": std::process::id()})
+                            .to_string(),
+                    ),
                     ("garbage", _) => {
                         let inner = framed.get_mut();
                         inner
@@ -348,6 +397,10 @@ async fn main() {
                 continue;
             }
             Payload::Shutdown => std::process::exit(0),
+            Payload::Settings(update) if mode == "live-settings" => {
+                settings = update.settings.into_iter().collect();
+                continue;
+            }
             _ => continue,
         };
         framed.send(reply.into_owned()).await.expect("send");

@@ -355,7 +355,11 @@ impl Entry {
                 self.last_exit = Some(*exit);
                 gone(self);
             }
-            Change::Ready { .. } => self.started_at_ms = Some(now),
+            Change::Ready { .. } => {
+                self.started_at_ms = Some(now);
+                // It runs again: an earlier crash or failure is history (the events keep it).
+                self.last_error = None;
+            }
             Change::Crashed { ended, then } => {
                 self.last_exit = ended.exit.or(self.last_exit);
                 self.last_error = Some(ended.reason.clone());
@@ -386,6 +390,7 @@ impl Entry {
             Change::Upgraded { .. } | Change::Replaced { .. } => {
                 self.upgrade_error = None;
                 self.rejected = None;
+                self.pending_settings.clear();
             }
             Change::UpgradeFailed { ended } => self.upgrade_error = Some(ended.reason.clone()),
             Change::Rejected { reason } => self.upgrade_error = Some(reason.clone()),
