@@ -133,7 +133,13 @@ for kind in get post; do
     echo
 done
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+ticks() { # utime + stime of process $1; a process gone (a plugin restarted) ends the run
+    if ! awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; then
+        echo "process $1 is gone; toru-server's log says:" >&2
+        grep -v -e processing -e "plugin call failed" -e "unable to process" "$work/toru.err" | tail -n 20 >&2
+        exit 1
+    fi
+}
 hz=$(getconf CLK_TCK)
 
 # run NAME URL CONNECTIONS PID... -- WRK-ARGS...: one measured wrk run; appends a line to

@@ -44,6 +44,12 @@ fn main() -> ExitCode {
     init_tracing(format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A plugin gets SIGKILL when the *thread* that spawned it exits (its parent-death
+        // signal), and a worker thread that runs `block_in_place` (the store's writer does) may
+        // be retired into the blocking pool, which ends idle threads after `thread_keep_alive`
+        // (10 s by default): plugins then died 10 s after they started. Idle threads are kept.
+        // (The library should spawn plugins from a thread of its own; see the hotpath report.)
+        .thread_keep_alive(std::time::Duration::from_secs(365 * 24 * 3600))
         .build()
     {
         Ok(runtime) => runtime,
