@@ -114,7 +114,7 @@ impl From<Abort> for BodyError {
         match why {
             Abort::Plugin { code, message } => BodyError::Plugin { code, message },
             Abort::ConnectionLost => BodyError::ConnectionLost,
-            Abort::Idle(after) => BodyError::Idle(after),
+            Abort::Idle(after) | Abort::HeadTimeout(after) => BodyError::Idle(after),
             Abort::Cancelled | Abort::TooManyMessages => BodyError::Cancelled,
             Abort::HostStopping => BodyError::ShuttingDown,
         }

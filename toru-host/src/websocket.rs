@@ -406,7 +406,9 @@ fn close_event(end: StreamEnd) -> WsEvent {
         StreamEnd::WsClosed { code, reason } => (code, reason),
         StreamEnd::Finished => (1000, String::new()),
         StreamEnd::Aborted(Abort::HostStopping) => (1001, "the server is shutting down".into()),
-        StreamEnd::Aborted(Abort::Idle(_)) => (1001, "idle for too long".into()),
+        StreamEnd::Aborted(Abort::Idle(_) | Abort::HeadTimeout(_)) => {
+            (1001, "idle for too long".into())
+        }
         StreamEnd::Aborted(Abort::TooManyMessages) => {
             (1011, "the client fell too far behind".into())
         }

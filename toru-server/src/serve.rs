@@ -13,7 +13,7 @@ use toru_host::PluginHost;
 use crate::auth::Auth;
 use crate::cli::ServerArgs;
 use crate::edge::{self, EdgeConfig};
-use crate::routes::{self, AppState};
+use crate::routes::{self, AppState, PluginRoutes};
 use crate::secret::{self, SecretSource};
 
 /// What the demo changes about a normal start.
@@ -86,6 +86,9 @@ pub(crate) async fn serve(args: &ServerArgs, extras: Extras) -> anyhow::Result<(
     let server = edge::serve(
         listener,
         warp::service(routes),
+        PluginRoutes {
+            state: Arc::clone(&state),
+        },
         edge_config,
         shutdown.clone(),
     );

@@ -1,7 +1,8 @@
 //! Toru's example plugin in Rust: greets, counts in the host's key-value store, echoes requests,
-//! streams bytes, hashes uploads, sends server-sent events, echoes WebSocket messages and serves a
-//! small frontend. Copy it to start a plugin of your own.
+//! streams bytes, hashes uploads, sends server-sent events, echoes WebSocket messages, counts
+//! what it answered and serves a small frontend. Copy it to start a plugin of your own.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ const CHUNK: usize = 64 * 1024;
 struct Hello {
     /// Held across the counter's get and set, so concurrent POSTs get distinct counts.
     counter: Mutex<()>,
+    /// Greetings and hashes answered since the start (`GET /hello-rust/stats`; the load
+    /// benchmark checks them against its clients' count).
+    greetings: AtomicU64,
+    hashes: AtomicU64,
 }
 
 fn main() {
@@ -53,6 +58,7 @@ fn main() {
         .get("/slow", slow)
         .get("/bytes", bytes)
         .post("/sha256", sha256)
+        .get("/stats", stats)
         .get("/ticks", ticks)
         .get("/ws", websocket);
     let plugin = Plugin::new(meta, routes)
@@ -65,7 +71,8 @@ fn main() {
 }
 
 /// `GET /hello-rust/`: the greeting, from the `greeting` setting.
-async fn greeting(ctx: PluginContext, _: Request) -> HttpResult {
+async fn greeting(hello: Arc<Hello>, ctx: PluginContext, _: Request) -> HttpResult {
+    hello.greetings.fetch_add(1, Ordering::Relaxed);
     let word: String = ctx.setting_as("greeting").unwrap_or_else(|| "Hello".into());
     Ok(Response::json(
         200,
@@ -152,12 +159,24 @@ async fn bytes(_: PluginContext, req: Request) -> HttpResult {
 }
 
 /// `POST /hello-rust/sha256`: the SHA-256 of the body, as lowercase hex, read as it streams in.
-async fn sha256(_: PluginContext, mut req: Request) -> HttpResult {
+async fn sha256(hello: Arc<Hello>, _: PluginContext, mut req: Request) -> HttpResult {
     let mut hasher = Sha256::new();
     while let Some(chunk) = req.body.chunk().await? {
         hasher.update(&chunk);
     }
+    hello.hashes.fetch_add(1, Ordering::Relaxed);
     Ok(Response::text(200, format!("{:x}", hasher.finalize())))
+}
+
+/// `GET /hello-rust/stats`: how many greetings and hashes were answered since the start.
+async fn stats(hello: Arc<Hello>, _: PluginContext, _: Request) -> HttpResult {
+    Ok(Response::json(
+        200,
+        &json!({
+            "greetings": hello.greetings.load(Ordering::Relaxed),
+            "hashes": hello.hashes.load(Ordering::Relaxed),
+        }),
+    ))
 }
 
 /// `GET /hello-rust/ticks`: an event stream with one event a second, its data counting from 1.

@@ -149,6 +149,13 @@ impl StreamHandle {
         self.sender.stream.id
     }
 
+    /// When the head is due: past it, the connection's sweeper cancels the stream, and
+    /// [`head`](Self::head) ends with [`Abort::HeadTimeout`]. `None` while the request body is
+    /// sent.
+    pub(crate) fn set_head_deadline(&self, at: Option<std::time::Instant>) {
+        self.sender.stream.set_head_deadline(at);
+    }
+
     /// Waits for the plugin's answer to the request. Cancel-safe: dropping the future and
     /// calling again waits on.
     ///

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, oneshot};
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::{Decoder as _, Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use toru_plugin_api::protocol::{
     CowStr, Credit, ErrorReply, HttpResponse, Payload, Ready, RequestId, STREAMS_VERSION, WsClose,
@@ -39,7 +39,7 @@ use crate::logs::PluginLogs;
 use crate::store::PluginKv;
 pub(crate) use handle::{StreamHandle, StreamSender};
 use kv::{IntoOwnedKv, run_kv};
-use outbound::{Chunk, ControlSent, Outbound};
+use outbound::{Chunk, ControlSent, Outbound, TrySend};
 pub(crate) use reason::{CloseReason, Violation};
 use stream::Stream;
 pub(crate) use stream::{Abort, HeadOutcome, Kind, StreamEnd};
@@ -108,6 +108,9 @@ pub(crate) struct StreamLimits {
     pub(crate) max_streams: usize,
     /// Nothing moved on a stream for this long: it is cancelled.
     pub(crate) idle_timeout: Duration,
+    /// A request's head is due this long after the request was sent (see
+    /// [`StreamHandle::set_head_deadline`]).
+    pub(crate) request_timeout: Duration,
     /// Headers in one response head.
     pub(crate) max_head_headers: usize,
     /// Bytes of header names and values in one response head.
@@ -119,6 +122,7 @@ impl StreamLimits {
         StreamLimits {
             max_streams: settings.max_streams_per_plugin,
             idle_timeout: settings.stream_idle_timeout,
+            request_timeout: settings.request_timeout,
             max_head_headers: settings.max_response_headers,
             max_head_bytes: settings.max_response_head_bytes,
         }
@@ -257,7 +261,9 @@ impl Connection {
 
     /// Opens a stream: sends the `http_request` (its `end_stream` set by the caller) and
     /// returns the handle the response head and body come through. Dropping the handle before
-    /// the stream ended sends `cancel`.
+    /// the stream ended sends `cancel`. Waits for room in the queue up to the request timeout
+    /// ([`CallFailure::Timeout`]); the head's own deadline is the caller's to set
+    /// ([`StreamHandle::set_head_deadline`]).
     pub(crate) async fn open(
         &self,
         request: toru_plugin_api::protocol::HttpRequest<'_>,
@@ -281,11 +287,19 @@ impl Connection {
             self.lock_streams().insert(id, Arc::clone(&stream));
         }
         let handle = StreamHandle::new(self.clone(), stream, head_rx);
-        self.inner
-            .out
-            .send(Chunk::Frame(frame))
-            .await
-            .map_err(|_| CallFailure::Closed)?;
+        // Almost always there is room: no timer then.
+        match self.inner.out.try_send(Chunk::Frame(frame)) {
+            Ok(()) => {}
+            Err(TrySend::Closed) => return Err(CallFailure::Closed),
+            Err(TrySend::Full(chunk)) => {
+                let room = self.inner.out.send(chunk);
+                match tokio::time::timeout(self.inner.limits.request_timeout, room).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(CallFailure::Closed),
+                    Err(_) => return Err(CallFailure::Timeout),
+                }
+            }
+        }
         Ok(handle)
     }
 
@@ -507,21 +521,28 @@ async fn reader(
     mut frames: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
     services: Services,
 ) {
+    // Heads held back until the frames read with them are handled (see `Stream::defer_head`).
+    let mut deferred = Vec::new();
     loop {
         let next = tokio::select! {
             next = frames.next() => next,
             _ = conn.inner.closed.cancelled() => return,
         };
-        let result = match next {
-            None => Err(CloseReason::ClosedByPlugin),
-            Some(Err(CodecError::Io(e))) => Err(CloseReason::Io(Arc::new(e))),
-            Some(Err(e)) => Err(CloseReason::Protocol(Violation::Codec(Arc::new(e)))),
-            Some(Ok(Incoming::Message(frame))) => {
-                tracing::trace!(len = frame.bytes().len(), "frame from plugin");
-                dispatch(&conn, &frame, &services)
+        let mut item = next;
+        // Every frame this read brought, then the held-back heads.
+        let result = loop {
+            if let Err(reason) = on_item(&conn, item, &services, &mut deferred) {
+                break Err(reason);
             }
-            Some(Ok(Incoming::Data(data))) => on_data(&conn, data),
+            let mut codec = *frames.decoder();
+            match codec.decode(frames.read_buffer_mut()).transpose() {
+                Some(next) => item = Some(next),
+                None => break Ok(()),
+            }
         };
+        for stream in deferred.drain(..) {
+            stream.release_head();
+        }
         if let Err(reason) = result {
             conn.close(reason);
             return;
@@ -529,25 +550,57 @@ async fn reader(
     }
 }
 
-/// Cancels streams on which nothing moved for the idle timeout.
+/// One frame (or the end of the socket) from the plugin. An `Err` ends the connection.
+fn on_item(
+    conn: &Connection,
+    item: Option<Result<Incoming, CodecError>>,
+    services: &Services,
+    deferred: &mut Vec<Arc<Stream>>,
+) -> Result<(), CloseReason> {
+    match item {
+        None => Err(CloseReason::ClosedByPlugin),
+        Some(Err(CodecError::Io(e))) => Err(CloseReason::Io(Arc::new(e))),
+        Some(Err(e)) => Err(CloseReason::Protocol(Violation::Codec(Arc::new(e)))),
+        Some(Ok(Incoming::Message(frame))) => {
+            tracing::trace!(len = frame.bytes().len(), "frame from plugin");
+            dispatch(conn, &frame, services, deferred)
+        }
+        Some(Ok(Incoming::Data(data))) => on_data(conn, data),
+    }
+}
+
+/// Cancels streams on which nothing moved for the idle timeout, and requests whose head did
+/// not come within the request timeout. It looks every quarter of the shorter of the two (at
+/// least every 10 ms, at most every second), so a deadline is kept to within that.
 async fn sweep(conn: Connection) {
     let idle = conn.inner.limits.idle_timeout;
-    let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let tick = (idle.min(conn.inner.limits.request_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = conn.inner.closed.cancelled() => return,
             _ = tokio::time::sleep(tick) => {}
         }
         let now = Instant::now();
-        let idle_streams: Vec<Arc<Stream>> = conn
+        let due: Vec<(Arc<Stream>, Abort)> = conn
             .lock_streams()
             .values()
-            .filter(|s| s.is_idle(now, idle))
-            .cloned()
+            .filter_map(|s| {
+                if s.head_overdue(now) {
+                    Some((
+                        Arc::clone(s),
+                        Abort::HeadTimeout(conn.inner.limits.request_timeout),
+                    ))
+                } else if s.is_idle(now, idle) {
+                    Some((Arc::clone(s), Abort::Idle(idle)))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for stream in idle_streams {
-            tracing::debug!(request.id = stream.id, timeout = ?idle, "idle stream cancelled");
-            conn.cancel_stream(&stream, Abort::Idle(idle));
+        for (stream, why) in due {
+            tracing::debug!(request.id = stream.id, reason = ?why, "stream cancelled");
+            conn.cancel_stream(&stream, why);
         }
     }
 }
@@ -588,7 +641,12 @@ fn on_data(conn: &Connection, data: DataFrame) -> Result<(), CloseReason> {
 }
 
 /// Handles one frame from the plugin. An `Err` is a protocol violation that ends the connection.
-fn dispatch(conn: &Connection, frame: &Frame, services: &Services) -> Result<(), CloseReason> {
+fn dispatch(
+    conn: &Connection,
+    frame: &Frame,
+    services: &Services,
+    deferred: &mut Vec<Arc<Stream>>,
+) -> Result<(), CloseReason> {
     let message = frame.message().map_err(|e| {
         CloseReason::Protocol(Violation::Message(match std::error::Error::source(&e) {
             Some(source) => format!("{e}: {source}"),
@@ -603,7 +661,7 @@ fn dispatch(conn: &Connection, frame: &Frame, services: &Services) -> Result<(),
                 .store(r.protocol_version, Ordering::Release);
             conn.deliver(id, Reply::Ready(r));
         }
-        Payload::HttpResponse(r) => on_response(conn, id, frame, r)?,
+        Payload::HttpResponse(r) => on_response(conn, id, frame, r, deferred)?,
         Payload::Bundle(b) => conn.deliver(id, Reply::Bundle(b.script.into_string())),
         Payload::Pong => conn.deliver(id, Reply::Pong),
         Payload::Error(ErrorReply { code, message }) => {
@@ -741,6 +799,7 @@ fn on_response(
     id: Option<RequestId>,
     frame: &Frame,
     r: HttpResponse<'_>,
+    deferred: &mut Vec<Arc<Stream>>,
 ) -> Result<(), CloseReason> {
     let stream = conn.stream(id);
     if stream.as_ref().is_some_and(|s| s.has_head()) {
@@ -770,6 +829,11 @@ fn on_response(
             }
         }
         Checked::Head(head) => match stream {
+            // A body follows: the head waits for what was read with it (its body, often).
+            Some(stream) if head.streaming && stream.kind == Kind::Http => {
+                stream.defer_head(head);
+                deferred.push(stream);
+            }
             Some(stream) => {
                 let streaming = head.streaming;
                 if stream.head(HeadOutcome::Head(head), streaming) {

@@ -53,6 +53,13 @@ impl Chunk {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// Why [`Outbound::try_send`] did not queue a chunk.
+pub(crate) enum TrySend {
+    /// No room now: the chunk, for [`Outbound::send`].
+    Full(Chunk),
+    Closed,
+}
+
 /// The sending side of the two lanes.
 pub(crate) struct Outbound {
     control: mpsc::UnboundedSender<Chunk>,
@@ -108,6 +115,16 @@ impl Outbound {
         self.data.send((chunk, permit)).map_err(|_| Closed)
     }
 
+    /// Queues a chunk on the data lane if there is room now.
+    pub(crate) fn try_send(&self, chunk: Chunk) -> Result<(), TrySend> {
+        let cost = chunk.len().clamp(1, DATA_BUDGET) as u32;
+        match Arc::clone(&self.budget).try_acquire_many_owned(cost) {
+            Ok(permit) => self.data.send((chunk, permit)).map_err(|_| TrySend::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(TrySend::Full(chunk)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(TrySend::Closed),
+        }
+    }
+
     /// Queues a control message without waiting.
     pub(crate) fn send_control(&self, frame: Bytes) -> ControlSent {
         let len = frame.len();
@@ -154,6 +171,10 @@ pub(crate) async fn write(
             let Some((chunk, permit)) = first else {
                 return Ok(());
             };
+            // Let the other tasks that are ready to run queue their requests too (callers
+            // woken by the same read, most often), so that they go out in one write and the
+            // plugin reads them in one read.
+            tokio::task::yield_now().await;
             put(&mut out, &lanes, chunk, permit, &closed).await?;
             // Batch what is queued already into one flush, control first.
             loop {

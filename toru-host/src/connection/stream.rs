@@ -5,6 +5,11 @@
 //! as much as the host has granted ([`STREAM_WINDOW`] to begin with), so the inbox never holds
 //! more than that. The consumer pops data and grants it back with `credit` once it has handed
 //! it on. The host's own data waits for the plugin's `credit`.
+//!
+//! A response head that announces a body is held back until the reader has handled everything
+//! it read with it ([`Stream::defer_head`], [`Stream::release_head`]): when the body's `END`
+//! came in the same read (the usual small response, head and data written together), the
+//! caller gets the head with the whole body at once, and no stream to read.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -70,6 +75,8 @@ pub(crate) enum Abort {
     ConnectionLost,
     /// Nothing moved either way for the idle timeout.
     Idle(std::time::Duration),
+    /// The response head did not come within the request timeout.
+    HeadTimeout(std::time::Duration),
     /// The host cancelled it (the caller went away or broke a limit).
     Cancelled,
     /// The host is shutting down.
@@ -89,6 +96,12 @@ pub(crate) struct Stream {
 
 struct State {
     head_tx: Option<oneshot::Sender<HeadOutcome>>,
+    /// The head came (it may still be held back in `deferred`).
+    head_arrived: bool,
+    /// A head held back until the end of the reader's batch.
+    deferred: Option<super::ResponseHead>,
+    /// When the head is due; the sweeper cancels the stream after that.
+    head_deadline: Option<Instant>,
     /// The head said data follows.
     body_open: bool,
     inbox: VecDeque<Piece>,
@@ -129,6 +142,9 @@ impl Stream {
             kind,
             state: Mutex::new(State {
                 head_tx: Some(tx),
+                head_arrived: false,
+                deferred: None,
+                head_deadline: None,
                 body_open: false,
                 inbox: VecDeque::new(),
                 tail: BytesMut::new(),
@@ -153,6 +169,8 @@ impl Stream {
     pub(crate) fn head(&self, outcome: HeadOutcome, body_follows: bool) -> bool {
         let mut s = self.lock();
         s.last_activity = Instant::now();
+        s.head_arrived = true;
+        s.head_deadline = None;
         let over = !body_follows || !matches!(outcome, HeadOutcome::Head(_));
         if over {
             s.end.get_or_insert(StreamEnd::Finished);
@@ -171,9 +189,58 @@ impl Stream {
         over
     }
 
-    /// Whether the head has arrived.
+    /// A head whose body follows, held back until [`release_head`](Self::release_head): the
+    /// body's data is taken meanwhile.
+    pub(crate) fn defer_head(&self, head: super::ResponseHead) {
+        let mut s = self.lock();
+        s.last_activity = Instant::now();
+        s.head_arrived = true;
+        s.head_deadline = None;
+        s.body_open = true;
+        s.idle_applies = true;
+        s.deferred = Some(head);
+    }
+
+    /// Hands the held-back head to the caller: with the whole body in it when the body ended
+    /// already (and agrees with any `Content-Length` the plugin sent), else as a stream.
+    pub(crate) fn release_head(&self) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(mut head) = s.deferred.take() else {
+            return;
+        };
+        if matches!(s.end, Some(StreamEnd::Finished)) && self.kind == Kind::Http {
+            let len = head.body.len()
+                + s.inbox.iter().map(|(b, _)| b.len()).sum::<usize>()
+                + s.tail.len();
+            if announced_length(&head.headers).is_none_or(|n| n == len as u64) {
+                head.body = whole_body(head.body, &mut s.inbox, &mut s.tail, len);
+                head.streaming = false;
+            }
+        }
+        if let Some(tx) = s.head_tx.take() {
+            let _ = tx.send(HeadOutcome::Head(head));
+        }
+    }
+
+    /// Whether the head has arrived (or the stream ended without one).
     pub(crate) fn has_head(&self) -> bool {
-        self.lock().head_tx.is_none()
+        let s = self.lock();
+        s.head_arrived || s.head_tx.is_none()
+    }
+
+    /// Sets when the head is due (`None`: no deadline, while the request body is sent).
+    pub(crate) fn set_head_deadline(&self, at: Option<Instant>) {
+        let mut s = self.lock();
+        if !s.head_arrived {
+            s.head_deadline = at;
+        }
+    }
+
+    /// Whether the head is overdue at `now`.
+    pub(crate) fn head_overdue(&self, now: Instant) -> bool {
+        let s = self.lock();
+        s.end.is_none() && s.head_deadline.is_some_and(|at| now >= at)
     }
 
     /// Data from the plugin.
@@ -248,6 +315,12 @@ impl Stream {
         let mut s = self.lock();
         if s.end.is_none() {
             s.end = Some(end.clone());
+        }
+        if let Some(head) = s.deferred.take()
+            && let Some(tx) = s.head_tx.take()
+        {
+            // The head came before the end: the caller gets it, and its body the end.
+            let _ = tx.send(HeadOutcome::Head(head));
         }
         if let Some(tx) = s.head_tx.take() {
             // Nobody answered yet: the waiting caller learns why from `end()`.
@@ -332,6 +405,48 @@ impl Stream {
         let s = self.lock();
         s.end.is_none() && s.idle_applies && now.duration_since(s.last_activity) >= idle
     }
+}
+
+/// The body length the plugin announced, as the host's header rules read it (see
+/// `headers::from_plugin`): `Content-Length` values that agree and are numbers; anything else
+/// announces nothing, and the host frames the body itself.
+fn announced_length(headers: &[(String, String)]) -> Option<u64> {
+    let mut length: Option<Result<u64, ()>> = None;
+    for (_, value) in headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        let parsed = value.trim().parse::<u64>().map_err(|_| ());
+        length = Some(match (length, parsed) {
+            (None, p) => p,
+            (Some(Ok(a)), Ok(b)) if a == b => Ok(a),
+            _ => Err(()),
+        });
+    }
+    length.and_then(Result::ok)
+}
+
+/// `first`, then every piece in `inbox`, then `tail`, as one buffer of `len` bytes (without a
+/// copy when there is only one).
+fn whole_body(first: Bytes, inbox: &mut VecDeque<Piece>, tail: &mut BytesMut, len: usize) -> Bytes {
+    let pieces = usize::from(!first.is_empty()) + inbox.len() + usize::from(!tail.is_empty());
+    if pieces <= 1 {
+        if !first.is_empty() {
+            return first;
+        }
+        if let Some((data, _)) = inbox.pop_front() {
+            return data;
+        }
+        return tail.split().freeze();
+    }
+    let mut body = BytesMut::with_capacity(len);
+    body.extend_from_slice(&first);
+    for (data, _) in inbox.drain(..) {
+        body.extend_from_slice(&data);
+    }
+    body.extend_from_slice(tail);
+    tail.clear();
+    body.freeze()
 }
 
 impl State {

@@ -1,11 +1,12 @@
 //! Calls to plugins: HTTP requests (whole or streamed), WebSocket upgrades and bundles.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
+use toru_plugin_api::DataFlags;
 use toru_plugin_api::protocol::{CowStr, HttpRequest, Payload, error_code, now_millis};
 
 use crate::body::{BoxError, PluginBody, UploadError};
@@ -129,8 +130,10 @@ impl PluginHost {
     ///
     /// - The request's path (`/acme/certificate`) must be under the plugin's route.
     /// - Its body is sent as it is read, at the pace the plugin's credit allows, and never held
-    ///   whole: up to [`max_upload_bytes`](crate::PluginHostBuilder::max_upload_bytes). A
-    ///   protocol 1 plugin gets it whole, so up to
+    ///   whole: up to [`max_upload_bytes`](crate::PluginHostBuilder::max_upload_bytes). A body
+    ///   whose `Content-Length` is at most 64 KiB is read first (the client has the
+    ///   [idle timeout](crate::PluginHostBuilder::stream_idle_timeout) to send it) and sent with
+    ///   the request. A protocol 1 plugin gets it whole, so up to
     ///   [`max_body_bytes`](crate::PluginHostBuilder::max_body_bytes).
     /// - The plugin never sees `Cookie`, `Authorization`, hop-by-hop headers or the ones named
     ///   in `Connection`; header names are lower case.
@@ -195,10 +198,25 @@ impl PluginHost {
             if declared.is_some_and(|n| n > limit) {
                 return Err(CallError::BodyTooLarge { limit });
             }
-            let has_body = !body.is_end_stream() && declared != Some(0);
-            let (head, handle) = self
-                .exchange(&target, payload, has_body.then_some(body), Kind::Http)
-                .await?;
+            let body = if body.is_end_stream() || declared == Some(0) {
+                RequestBody::None
+            } else if let Some(len) = declared.filter(|n| *n <= SMALL_BODY) {
+                // Read first (a client gets the idle timeout to send it), then sent with the
+                // request: the plugin reads both at once, and its handler has the whole body.
+                let idle = settings.stream_idle_timeout;
+                match tokio::time::timeout(idle, crate::body::collect_request(body, len)).await {
+                    Ok(body) => RequestBody::Whole(body?),
+                    Err(_) => {
+                        return Err(CallError::Timeout {
+                            id: target.id.clone(),
+                            after: idle,
+                        });
+                    }
+                }
+            } else {
+                RequestBody::Streamed(body)
+            };
+            let (head, handle) = self.exchange(&target, payload, body, Kind::Http).await?;
             self.respond(&target, head, Some(handle), false)?
         } else {
             let limit = settings.max_body_bytes;
@@ -273,7 +291,12 @@ impl PluginHost {
         };
         let mut response = if streams {
             let (head, handle) = self
-                .exchange::<http_body_util::Empty<Bytes>>(&target, payload, None, Kind::WebSocket)
+                .exchange::<http_body_util::Empty<Bytes>>(
+                    &target,
+                    payload,
+                    RequestBody::None,
+                    Kind::WebSocket,
+                )
                 .await?;
             if head.status == 101 && head.streaming {
                 let response = self.respond(&target, head, None, true)?;
@@ -301,7 +324,7 @@ impl PluginHost {
         &self,
         target: &Target,
         mut payload: HttpRequest<'_>,
-        body: Option<B>,
+        body: RequestBody<B>,
         kind: Kind,
     ) -> Result<(ResponseHead, StreamHandle), CallError>
     where
@@ -311,40 +334,65 @@ impl PluginHost {
     {
         let settings = &self.shared.settings;
         let timeout = settings.request_timeout;
-        payload.end_stream = Some(body.is_none());
-        let opened = tokio::time::timeout(timeout, target.conn.open(payload, kind)).await;
-        let mut handle = match opened {
-            Ok(Ok(handle)) => handle,
-            Ok(Err(failure)) => return Err(self.call_error(&target.id, Err(failure))),
-            Err(_) => return Err(self.timeout(&target.id)),
+        payload.end_stream = Some(matches!(body, RequestBody::None));
+        let mut handle = match target.conn.open(payload, kind).await {
+            Ok(handle) => handle,
+            Err(CallFailure::Timeout) => return Err(self.timeout(&target.id)),
+            Err(failure) => return Err(self.call_error(&target.id, Err(failure))),
         };
-        let mut upload = body.map(|body| {
-            let sender = handle.sender();
-            sender.set_idle_applies(true);
-            tokio::spawn(crate::body::upload(body, sender, settings.max_upload_bytes))
-        });
+        // A streamed request body is sent from here, as part of this call: no task of its own
+        // unless the head comes before the body is all sent.
+        let mut upload: Option<Upload> = match body {
+            RequestBody::None => None,
+            RequestBody::Whole(data) => {
+                // Queued right behind the request (within the first window), so both go out in
+                // one write. A stream that ended already says so at its head.
+                let _ = handle.sender().send(DataFlags::END, data).await;
+                None
+            }
+            RequestBody::Streamed(body) => {
+                let sender = handle.sender();
+                sender.set_idle_applies(true);
+                Some(
+                    Box::pin(crate::body::upload(body, sender, settings.max_upload_bytes))
+                        as Upload,
+                )
+            }
+        };
+        if upload.is_none() {
+            // The request is sent: the request timeout runs from now (the connection's sweeper
+            // keeps it, no timer per call).
+            handle.set_head_deadline(Some(Instant::now() + timeout));
+        }
         let outcome = loop {
             match upload.as_mut() {
-                Some(task) => tokio::select! {
-                    head = handle.head() => break head,
-                    done = task => {
+                Some(sending) => tokio::select! {
+                    head = handle.head() => {
+                        // The plugin answered before the body was all sent (a stream both
+                        // ways, or an early refusal): the rest goes on in a task.
+                        if let Some(sending) = upload.take() {
+                            tokio::spawn(async move {
+                                let _ = sending.await;
+                            });
+                        }
+                        break head;
+                    }
+                    done = sending => {
                         upload = None;
                         match done {
-                            // The request is sent: the request timeout runs from now.
-                            Ok(Ok(())) => handle.sender().set_idle_applies(false),
-                            Ok(Err(e)) => {
+                            Ok(()) => {
+                                handle.sender().set_idle_applies(false);
+                                handle.set_head_deadline(Some(Instant::now() + timeout));
+                            }
+                            Err(e) => {
                                 if let Some(e) = upload_error(e) {
                                     return Err(e);
                                 }
                             }
-                            Err(_) => return Err(CallError::ConnectionLost(target.id.clone())),
                         }
                     }
                 },
-                None => match tokio::time::timeout(timeout, handle.head()).await {
-                    Ok(head) => break head,
-                    Err(_) => return Err(self.timeout(&target.id)),
-                },
+                None => break handle.head().await,
             }
         };
         let id = target.id.clone();
@@ -356,18 +404,10 @@ impl PluginHost {
             Ok(HeadOutcome::TooLarge { headers, bytes }) => {
                 Err(self.too_large_head(&id, headers, bytes))
             }
-            Err(StreamEnd::Aborted(Abort::Cancelled)) => {
-                // Cut off by the upload (it failed), which says why.
-                if let Some(task) = upload
-                    && let Ok(Err(e)) = task.await
-                    && let Some(e) = upload_error(e)
-                {
-                    return Err(e);
-                }
-                Err(CallError::ConnectionLost(id))
-            }
             Err(StreamEnd::Aborted(Abort::HostStopping)) => Err(CallError::ShuttingDown),
-            Err(StreamEnd::Aborted(Abort::Idle(after))) => Err(CallError::Timeout { id, after }),
+            Err(StreamEnd::Aborted(Abort::Idle(after) | Abort::HeadTimeout(after))) => {
+                Err(CallError::Timeout { id, after })
+            }
             Err(_) => Err(CallError::ConnectionLost(id)),
         }
     }
@@ -587,6 +627,22 @@ pub(crate) fn client_response(
     *response.headers_mut() = headers;
     Ok(response)
 }
+
+/// Request bodies at most this long, with their length declared, are read before the request is
+/// sent, and go with it (see [`PluginHost::stream`]).
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// A request's body, as it goes to the plugin.
+enum RequestBody<B> {
+    None,
+    /// Read already: sent right behind the request.
+    Whole(Bytes),
+    /// Sent as it is read.
+    Streamed(B),
+}
+
+/// A request body being sent (see `body::upload`).
+type Upload = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), UploadError>> + Send>>;
 
 /// The error for the caller when the upload stopped, or `None` when the stream's own end says
 /// more (the plugin answered or went away first).

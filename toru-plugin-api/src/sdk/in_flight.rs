@@ -1,4 +1,5 @@
-//! The requests whose handler is running, and the task that runs one.
+//! The requests whose handler is running, and how one runs: started on the reading task, and
+//! moved to a task of its own only if it has to wait.
 //!
 //! A handler removes its own entry before it sends its last frame (the whole reply, a
 //! response's `END`, a `ws_close`), and `cancel` removes the entry before it aborts the task,
@@ -9,7 +10,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Waker};
 
 use futures_util::FutureExt as _;
 use tokio::task::{AbortHandle, JoinSet};
@@ -28,9 +31,13 @@ pub(crate) const MAX_IN_FLIGHT: usize = 16_384;
 
 #[derive(Debug)]
 struct Entry {
-    abort: AbortHandle,
+    /// The handler's task, once it has one (a handler that waits).
+    abort: Option<AbortHandle>,
     stream: Option<Arc<Stream>>,
 }
+
+/// A request's handler, boxed so that one that waits moves to a task of its own as it is.
+pub(crate) type Handler = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Why a request was not started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,17 +53,12 @@ pub(crate) enum Refused {
 pub(crate) struct InFlight(Arc<Mutex<HashMap<RequestId, Entry>>>);
 
 impl InFlight {
-    /// Runs `task` for request `id` in `tasks`, with the request's `stream` if it has one.
+    /// Admits request `id`, with its `stream` if it has one: from now on `cancel` and data find
+    /// it. Its handler is [`start`](Self::start)ed next.
     ///
     /// # Errors
-    /// [`Refused`], and nothing runs, when the id is in flight already or too many are.
-    pub(crate) fn spawn(
-        &self,
-        tasks: &mut JoinSet<()>,
-        id: RequestId,
-        stream: Option<Arc<Stream>>,
-        task: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), Refused> {
+    /// [`Refused`] when the id is in flight already or too many are.
+    pub(crate) fn admit(&self, id: RequestId, stream: Option<Arc<Stream>>) -> Result<(), Refused> {
         let mut map = self.lock();
         if map.contains_key(&id) {
             return Err(Refused::Duplicate);
@@ -64,10 +66,40 @@ impl InFlight {
         if map.len() >= MAX_IN_FLIGHT {
             return Err(Refused::TooMany);
         }
-        // Spawned under the lock, so the handler cannot look for its entry before it exists.
-        let abort = tasks.spawn(task);
-        map.insert(id, Entry { abort, stream });
+        map.insert(
+            id,
+            Entry {
+                abort: None,
+                stream,
+            },
+        );
         Ok(())
+    }
+
+    /// Runs request `id`'s handler `task`: polled once here, on the caller's (the reading)
+    /// task, and moved to a task of its own in `tasks` only if it has to wait. Most handlers
+    /// finish on that first poll, so their reply is made at once, in the reader's batch,
+    /// without a task, a wake-up or a hop between threads. A request cancelled since it was
+    /// admitted is not started.
+    ///
+    /// A handler's code up to its first `.await` that waits runs on the reading task: one that
+    /// computes for long before that should hand the work to `spawn_blocking`.
+    pub(crate) fn start(&self, tasks: &mut JoinSet<()>, id: RequestId, mut task: Handler) {
+        if !self.lock().contains_key(&id) {
+            return;
+        }
+        // The first poll gets a waker that does nothing: if the handler waits, its task polls
+        // it again at once and registers its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        if task.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        let abort = tasks.spawn(task);
+        // The entry is gone when the handler sent its last frame before it waited (for room
+        // in the queue); it has nothing left to cancel then.
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.abort = Some(abort);
+        }
     }
 
     /// Stops request `id`'s handler unless it has ended already. Either way, nothing more is
@@ -75,7 +107,9 @@ impl InFlight {
     pub(crate) fn cancel(&self, id: RequestId) {
         let entry = self.lock().remove(&id);
         if let Some(entry) = entry {
-            entry.abort.abort();
+            if let Some(abort) = entry.abort {
+                abort.abort();
+            }
             if let Some(stream) = entry.stream {
                 stream.end(Ended::Cancelled);
             }

@@ -143,6 +143,17 @@ impl Link {
         self.queue.close();
     }
 
+    /// Holds what is sent until [`release`](Self::release), which writes it together (see
+    /// [`Queue::hold`]).
+    pub(crate) fn hold(&self) {
+        self.queue.hold();
+    }
+
+    /// Writes what was sent since [`hold`](Self::hold).
+    pub(crate) fn release(&self) {
+        self.queue.release();
+    }
+
     /// Routes a reply to the request waiting for it. Returns false when none is.
     pub(crate) fn resolve(&self, id: RequestId, reply: Reply) -> bool {
         let waiter = self.lock_pending().remove(&id);

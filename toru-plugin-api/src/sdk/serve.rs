@@ -1,10 +1,13 @@
 //! The connection loop: `init`/`ready`, then requests until `shutdown` or the host hangs up.
 //!
-//! One task reads frames and never waits on a handler: each `http_request` runs in its own task,
-//! `ping`, `get_bundle` and `cancel` are answered on the spot, replies to the plugin's own KV
-//! requests are routed to the waiting call, and (protocol 2) data frames, `credit` and
-//! `ws_close` go to their stream. Everything written goes through the writer task; when its
-//! queue is full, the reader waits too, so a host that stops reading stops being read.
+//! One task reads frames and never waits on a handler. It handles what one read brought as a
+//! batch: each `http_request`'s handler is started on the spot and, when it finishes without
+//! waiting (most do), its reply is made right there; a handler that waits goes on in a task of
+//! its own. `ping`, `get_bundle` and `cancel` are answered on the spot, replies to the plugin's
+//! own KV requests are routed to the waiting call, and (protocol 2) data frames, `credit` and
+//! `ws_close` go to their stream. The replies of a batch are written together, in one write,
+//! when the batch is done (see [`writer`](super::writer)); when the outgoing queue is full, the
+//! reader waits too, so a host that stops reading stops being read.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,16 +19,16 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
+use tokio_util::codec::{Decoder as _, FramedRead};
 
 use super::context::PluginContext;
 use super::error::{InitError, ServeError};
 use super::error_chain;
-use super::in_flight::InFlight;
+use super::in_flight::{Handler, InFlight};
 use super::link::Link;
 use super::plugin::ToruPlugin;
-use super::writer::{Outgoing, Queue, write_loop};
-use crate::codec::FrameCodec;
+use super::writer::{Outgoing, Queue};
+use crate::codec::{CodecError, FrameCodec, Incoming};
 use crate::license::check_init;
 use crate::protocol::{
     Init, Message, Payload, Ready, RequestId, SettingSpec, VersionRange, error_code,
@@ -51,8 +54,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// code; `Ok` after `shutdown` or the host hanging up.
 pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), ServeError> {
     let (read, write) = stream.into_split();
-    let (queue, queued) = Queue::new();
-    let writer = tokio::spawn(write_loop(write, queued));
+    let (queue, write_task) = Queue::connected(write);
+    let writer = tokio::spawn(write_task);
     let link = Arc::new(Link::new(queue));
     let meta = plugin.metadata();
     let mut conn = Connection {
@@ -63,6 +66,7 @@ pub async fn serve<P: ToruPlugin>(plugin: P, stream: UnixStream) -> Result<(), S
         link: link.clone(),
         frames: FramedRead::new(read, FrameCodec::new()),
         tasks: JoinSet::new(),
+        starting: std::sync::Mutex::new(Vec::new()),
         in_flight: InFlight::default(),
         ctx: None,
         version: 1,
@@ -107,6 +111,10 @@ struct Connection<P> {
     frames: FramedRead<OwnedReadHalf, FrameCodec>,
     /// Every handler task; `in_flight` finds them by request id.
     tasks: JoinSet<()>,
+    /// Handlers of the requests in the frames being handled, started once all are. (In a
+    /// mutex only so that the connection is `Sync`, as the serve future must be `Send`; it is
+    /// reached through `get_mut`, never locked.)
+    starting: std::sync::Mutex<Vec<(RequestId, Handler)>>,
     in_flight: InFlight,
     ctx: Option<PluginContext>,
     /// The protocol version agreed in `init`.
@@ -174,14 +182,13 @@ impl<P: ToruPlugin> Connection<P> {
                     }
                 }
                 item = self.frames.next() => {
-                    match self.on_item(item)? {
-                        Flow::Stop => return Ok(()),
-                        Flow::Continue(None) => {}
-                        // Waiting for room here is what stops reading from a host that does
-                        // not read.
-                        Flow::Continue(Some(out)) => {
-                            let _ = self.link.push(out).await;
-                        }
+                    // The replies to this read's frames are written together once all are
+                    // handled.
+                    self.link.hold();
+                    let flow = self.on_read(item).await;
+                    self.link.release();
+                    if let Flow::Stop = flow? {
+                        return Ok(());
                     }
                 }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
@@ -199,6 +206,42 @@ impl<P: ToruPlugin> Connection<P> {
                 return Ok(());
             }
         }
+    }
+
+    /// Handles `first` and every frame read with it (already in the read buffer).
+    async fn on_read(
+        &mut self,
+        first: Option<Result<Incoming, CodecError>>,
+    ) -> Result<Flow, ServeError> {
+        let mut item = first;
+        loop {
+            match self.on_item(item)? {
+                Flow::Stop => return Ok(Flow::Stop),
+                Flow::Continue(None) => {}
+                // Waiting for room here is what stops reading from a host that does not read.
+                Flow::Continue(Some(out)) => {
+                    let _ = self.link.push(out).await;
+                }
+            }
+            match self.buffered() {
+                Some(next) => item = Some(next),
+                None => break,
+            }
+        }
+        let starting = self
+            .starting
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, handler) in starting.drain(..) {
+            self.in_flight.start(&mut self.tasks, id, handler);
+        }
+        Ok(Flow::Continue(None))
+    }
+
+    /// The next frame, if it is in the read buffer already.
+    fn buffered(&mut self) -> Option<Result<Incoming, CodecError>> {
+        let mut codec = *self.frames.decoder();
+        codec.decode(self.frames.read_buffer_mut()).transpose()
     }
 
     /// Reads until `init`, refusing everything else. `None` when the host hangs up first.

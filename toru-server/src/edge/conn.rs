@@ -28,10 +28,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::PeerAddr;
 use super::service::EdgeService;
 use super::slots::{Slot, Slots};
 use super::socket::ConnIo;
+use super::{Direct, PeerAddr};
 
 /// How long a client may take to send a request head, and stay silent between requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +74,13 @@ struct Phase {
     idle_since: Instant,
     /// The first byte read since then.
     first_byte: Option<Instant>,
-    /// The connection's key in the idle list while it is listed.
-    idle_key: Option<u64>,
+    /// The slots' turn taken when it last became idle (the lowest is idle the longest).
+    idle_turn: u64,
+    /// Asked to close, or gone: never idle again.
+    closing: bool,
+    /// The deadline the connection's task is waiting for (`None`: none). A change that brings
+    /// the deadline before it wakes the task; a later one waits until it fires.
+    armed: Option<Instant>,
 }
 
 impl Phase {
@@ -96,52 +101,84 @@ impl Phase {
             None => (self.idle_since + timeouts.idle, CloseReason::IdleTimeout),
         })
     }
+
+    /// Whether the deadline now comes before the one the task waits for.
+    fn sooner(&self, timeouts: &Timeouts) -> bool {
+        match (self.deadline(timeouts), self.armed) {
+            (Some((at, _)), Some(armed)) => at < armed,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
-/// A connection's state, shared by its task, its I/O, its requests and the idle list.
+/// A connection's state, shared by its task, its I/O, its requests and the slots.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     slots: Arc<Slots>,
+    timeouts: Timeouts,
+    /// Its key in the slots' list.
+    key: u64,
     phase: Mutex<Phase>,
     /// Set while idle with no byte read yet, so that reads look at the phase only once.
     awaiting_first_byte: AtomicBool,
-    /// The phase changed in a way that may bring the deadline forward.
+    /// The deadline may have come sooner than the task's timer.
     changed: Notify,
     /// The connection is to close now, to make room for a new one.
     evicted: Notify,
 }
 
 impl ConnState {
-    /// A new connection, listed as idle.
-    fn new(slots: Arc<Slots>, now: Instant) -> Arc<ConnState> {
-        let conn = Arc::new(ConnState {
-            slots,
-            phase: Mutex::new(Phase {
-                in_flight: 0,
-                served: 0,
-                idle_since: now,
-                first_byte: None,
-                idle_key: None,
-            }),
-            awaiting_first_byte: AtomicBool::new(true),
-            changed: Notify::new(),
-            evicted: Notify::new(),
-        });
-        let key = conn.slots.add_idle(&conn);
-        conn.phase().idle_key = Some(key);
-        conn
+    /// A new connection, idle, listed in `slots`.
+    fn new(slots: Arc<Slots>, timeouts: Timeouts, now: Instant) -> Arc<ConnState> {
+        let turn = slots.next_idle_turn();
+        Arc::new_cyclic(|weak: &std::sync::Weak<ConnState>| {
+            let key = slots.add(weak.clone());
+            ConnState {
+                slots,
+                timeouts,
+                key,
+                phase: Mutex::new(Phase {
+                    in_flight: 0,
+                    served: 0,
+                    idle_since: now,
+                    first_byte: None,
+                    idle_turn: turn,
+                    closing: false,
+                    armed: None,
+                }),
+                awaiting_first_byte: AtomicBool::new(true),
+                changed: Notify::new(),
+                evicted: Notify::new(),
+            }
+        })
     }
 
     fn phase(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn deadline(&self, timeouts: &Timeouts) -> Option<(Instant, CloseReason)> {
-        self.phase().deadline(timeouts)
+    /// The deadline, noted as the one the task now waits for.
+    fn arm(&self) -> Option<(Instant, CloseReason)> {
+        let mut phase = self.phase();
+        let deadline = phase.deadline(&self.timeouts);
+        phase.armed = deadline.map(|(at, _)| at);
+        deadline
+    }
+
+    fn deadline(&self) -> Option<(Instant, CloseReason)> {
+        self.phase().deadline(&self.timeouts)
+    }
+
+    /// Its turn in the idle order when it is idle.
+    pub(crate) fn idle_turn(&self) -> Option<u64> {
+        let phase = self.phase();
+        (phase.in_flight == 0 && !phase.closing).then_some(phase.idle_turn)
     }
 
     /// Asks the connection to close at once.
     pub(crate) fn evict(&self) {
+        self.phase().closing = true;
         self.evicted.notify_one();
     }
 
@@ -150,21 +187,20 @@ impl ConnState {
         phase.in_flight += 1;
         phase.served += 1;
         self.awaiting_first_byte.store(false, Ordering::Relaxed);
-        if let Some(key) = phase.idle_key.take() {
-            self.slots.remove_idle(key);
-        }
     }
 
-    pub(super) fn request_ended(self: &Arc<Self>) {
+    pub(super) fn request_ended(&self) {
         let mut phase = self.phase();
         phase.in_flight = phase.in_flight.saturating_sub(1);
-        if phase.in_flight == 0 && phase.idle_key.is_none() {
+        if phase.in_flight == 0 && !phase.closing {
             phase.idle_since = Instant::now();
             phase.first_byte = None;
-            phase.idle_key = Some(self.slots.add_idle(self));
+            phase.idle_turn = self.slots.next_idle_turn();
             self.awaiting_first_byte.store(true, Ordering::Relaxed);
-            drop(phase);
-            self.changed.notify_one();
+            if phase.sooner(&self.timeouts) {
+                drop(phase);
+                self.changed.notify_one();
+            }
         }
     }
 
@@ -176,37 +212,45 @@ impl ConnState {
         let mut phase = self.phase();
         if phase.in_flight == 0 && phase.first_byte.is_none() {
             phase.first_byte = Some(Instant::now());
-            drop(phase);
-            self.changed.notify_one();
+            if phase.sooner(&self.timeouts) {
+                drop(phase);
+                self.changed.notify_one();
+            }
         }
     }
 
-    /// The connection's task is ending: off the idle list for good.
+    /// The connection's task is ending: off the list for good.
     fn leave(&self) {
-        let mut phase = self.phase();
-        // No more phase changes: after an upgrade the socket lives on, and reads must not wait
-        // on the lock.
-        self.awaiting_first_byte.store(false, Ordering::Relaxed);
-        phase.in_flight += 1;
-        if let Some(key) = phase.idle_key.take() {
-            self.slots.remove_idle(key);
+        {
+            let mut phase = self.phase();
+            // No more phase changes: after an upgrade the socket lives on, and reads must not
+            // wait on the lock.
+            self.awaiting_first_byte.store(false, Ordering::Relaxed);
+            phase.closing = true;
+            phase.in_flight += 1;
         }
+        self.slots.remove(self.key);
     }
 }
 
 /// What a connection's task needs besides its socket.
 #[derive(Debug, Clone)]
-pub(crate) struct Shared<S> {
+pub(crate) struct Shared<S, D> {
     pub(crate) slots: Arc<Slots>,
     pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
     pub(crate) service: S,
+    pub(crate) direct: D,
     pub(crate) timeouts: Timeouts,
     pub(crate) shutdown: CancellationToken,
 }
 
 /// Serves one connection until it ends, times out, is evicted, or drains after shutdown.
-pub(crate) async fn serve<S, B>(stream: TcpStream, peer: SocketAddr, slot: Slot, shared: Shared<S>)
-where
+pub(crate) async fn serve<S, B, D>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    shared: Shared<S, D>,
+) where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -214,19 +258,30 @@ where
     S::Future: Send + 'static,
     B: Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    D: Direct,
 {
-    let conn = ConnState::new(Arc::clone(&shared.slots), Instant::now());
+    let conn = ConnState::new(Arc::clone(&shared.slots), shared.timeouts, Instant::now());
     let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&conn), slot));
     let service = EdgeService {
         inner: shared.service,
+        direct: shared.direct,
         conn: Arc::clone(&conn),
         peer: PeerAddr(peer),
     };
     let connection = shared.builder.serve_connection_with_upgrades(io, service);
     let mut connection = pin!(connection);
+    // One timer for the connection's life, moved only when its deadline moves: requests change
+    // the deadline without waking this task (see `Phase::armed`).
+    let timer = tokio::time::sleep_until(far_future());
+    let mut timer = pin!(timer);
+    let mut armed = None;
     let mut draining = false;
     let closed = loop {
-        let deadline = conn.deadline(&shared.timeouts);
+        let deadline = conn.arm().map(|(at, _)| at);
+        if deadline != armed {
+            timer.as_mut().reset(deadline.unwrap_or_else(far_future));
+            armed = deadline;
+        }
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
@@ -234,12 +289,15 @@ where
                 }
                 break None;
             }
-            () = sleep_until(deadline.map(|(at, _)| at)) => {
-                if let Some((at, reason)) = conn.deadline(&shared.timeouts)
+            () = timer.as_mut() => {
+                if let Some((at, reason)) = conn.deadline()
                     && at <= Instant::now()
                 {
                     break Some(reason);
                 }
+                // It moved on meanwhile: set again.
+                timer.as_mut().reset(far_future());
+                armed = None;
             }
             () = conn.changed.notified() => {}
             () = conn.evicted.notified() => break Some(CloseReason::Evicted),
@@ -256,11 +314,9 @@ where
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// A time no connection waits for (a year from now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 #[cfg(test)]
@@ -279,7 +335,9 @@ mod tests {
             served: 0,
             idle_since: t0,
             first_byte: None,
-            idle_key: None,
+            idle_turn: 0,
+            closing: false,
+            armed: None,
         }
     }
 
@@ -325,10 +383,30 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_deadline_sooner_than_the_armed_one_wakes_the_task() {
+        let t0 = Instant::now();
+        let mut p = phase(t0);
+        assert!(p.sooner(&T), "nothing armed yet");
+        p.armed = p.deadline(&T).map(|(at, _)| at);
+        assert!(!p.sooner(&T));
+        // A request comes and goes: the idle deadline is later than the armed one.
+        p.served = 1;
+        p.idle_since = t0 + Duration::from_secs(1);
+        assert!(!p.sooner(&T));
+        // The task saw the request in flight and disarmed: the next deadline wakes it.
+        p.armed = None;
+        assert!(p.sooner(&T));
+        // A first byte after a long idle time: its header deadline is sooner.
+        p.armed = Some(t0 + T.idle);
+        p.first_byte = Some(t0 + Duration::from_secs(2));
+        assert!(p.sooner(&T));
+    }
+
     #[tokio::test]
     async fn requests_take_a_connection_off_the_idle_list_and_put_it_back() {
         let slots = Slots::new(4);
-        let conn = ConnState::new(Arc::clone(&slots), Instant::now());
+        let conn = ConnState::new(Arc::clone(&slots), T, Instant::now());
         assert_eq!(slots.idle_count(), 1);
         let a = RequestGuard::new(&conn);
         let b = RequestGuard::new(&conn);
@@ -355,8 +433,8 @@ mod tests {
     #[tokio::test]
     async fn at_the_cap_the_longest_idle_connection_is_evicted_first() {
         let slots = Slots::new(2);
-        let older = ConnState::new(Arc::clone(&slots), Instant::now());
-        let newer = ConnState::new(Arc::clone(&slots), Instant::now());
+        let older = ConnState::new(Arc::clone(&slots), T, Instant::now());
+        let newer = ConnState::new(Arc::clone(&slots), T, Instant::now());
         // The older one gets a request and finishes it: now it is the newer idle one.
         drop(RequestGuard::new(&older));
         assert!(slots.evict_oldest_idle());

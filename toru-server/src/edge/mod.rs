@@ -12,7 +12,9 @@
 //!   longest idle connection and retry once its descriptor is free, else back off;
 //! - graceful shutdown: stop accepting, let requests in flight finish, close idle connections.
 //!
-//! Each request carries the client's address as a [`PeerAddr`] extension.
+//! Requests go first to the edge's own routes ([`Direct`]: toru-server serves `/plugins/` there,
+//! as plain functions, before warp's filter chain), then to the service, each with the client's
+//! address as a [`PeerAddr`] extension.
 
 mod conn;
 pub(crate) mod fdlimit;
@@ -24,6 +26,7 @@ mod socket;
 mod tests;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +50,48 @@ use slots::Slots;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerAddr(pub(crate) SocketAddr);
 
+/// Routes the edge serves itself, before the service.
+pub(crate) trait Direct: Clone + Send + Sync + 'static {
+    /// The body of their responses.
+    type Body: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Unpin
+        + Send
+        + 'static;
+
+    /// Whether `request` is for one of these routes (else it goes to the service).
+    fn takes(&self, request: &Request<Incoming>) -> bool;
+
+    /// The response to `request` (one these routes [`take`](Self::takes)) from the client at
+    /// `peer`.
+    fn serve(
+        &self,
+        request: Request<Incoming>,
+        peer: PeerAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static;
+}
+
+/// No routes of the edge's own: everything goes to the service.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoDirect;
+
+#[cfg(test)]
+impl Direct for NoDirect {
+    type Body = http_body_util::Empty<bytes::Bytes>;
+
+    fn takes(&self, _: &Request<Incoming>) -> bool {
+        false
+    }
+
+    fn serve(
+        &self,
+        _: Request<Incoming>,
+        _: PeerAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send + 'static {
+        std::future::ready(Response::new(http_body_util::Empty::new()))
+    }
+}
+
 /// How the edge treats connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct EdgeConfig {
@@ -61,13 +106,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts and serves connections until `shutdown` is cancelled, then stops accepting and waits
-/// for the connections to finish their requests (the caller bounds that wait).
-pub(crate) async fn serve<S, B>(
+/// for the connections to finish their requests (the caller bounds that wait). Requests go to
+/// `direct`, and those it does not take to `service`.
+pub(crate) async fn serve<S, B, D>(
     listener: TcpListener,
     service: S,
+    direct: D,
     config: EdgeConfig,
     shutdown: CancellationToken,
 ) where
+    D: Direct,
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
@@ -83,6 +131,7 @@ pub(crate) async fn serve<S, B>(
         slots: Arc::clone(&slots),
         builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
         service,
+        direct,
         timeouts: config.timeouts,
         shutdown: shutdown.clone(),
     };

@@ -1,5 +1,6 @@
-//! The routes as hyper sees them: each request gets the client's address and is counted as in
-//! flight from its head to the end of its response body.
+//! The routes as hyper sees them: each request is counted as in flight from its head to the end
+//! of its response body, and goes to the edge's own [`Direct`] routes, else (with the client's
+//! address as an extension) to the service.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,11 +9,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-use super::PeerAddr;
 use super::conn::ConnState;
+use super::{Direct, PeerAddr};
 
 /// Counts one request as in flight until dropped.
 #[derive(Debug)]
@@ -31,17 +33,18 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The routes, with the client's address in each request's extensions and each request counted.
+/// The routes, each request counted.
 #[derive(Debug, Clone)]
-pub(crate) struct EdgeService<S> {
+pub(crate) struct EdgeService<S, D> {
     pub(crate) inner: S,
+    pub(crate) direct: D,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) peer: PeerAddr,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for EdgeService<S>
+impl<S, B, D> hyper::service::Service<Request<Incoming>> for EdgeService<S, D>
 where
     S: tower_service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
         + Clone
@@ -49,23 +52,34 @@ where
         + 'static,
     S::Future: Send + 'static,
     B: Body + Unpin + Send + 'static,
+    D: Direct,
 {
-    type Response = Response<TrackedBody<B>>;
+    type Response = Response<TrackedBody<Either<B, D::Body>>>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.peer);
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let guard = RequestGuard::new(&self.conn);
-        // warp's service is always ready.
-        let response = self.inner.clone().call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody {
-                body,
-                guard: Some(guard),
-            }))
-        })
+        let tracked = |body| TrackedBody {
+            body,
+            guard: Some(guard),
+        };
+        if self.direct.takes(&request) {
+            let response = self.direct.serve(request, self.peer);
+            Box::pin(async move {
+                let response = response.await;
+                Ok(response.map(|body| tracked(Either::Right(body))))
+            })
+        } else {
+            let mut request = request;
+            request.extensions_mut().insert(self.peer);
+            // warp's service is always ready.
+            let response = self.inner.clone().call(request);
+            Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| tracked(Either::Left(body))))
+            })
+        }
     }
 }
 

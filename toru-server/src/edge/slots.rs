@@ -3,12 +3,16 @@
 //!
 //! A connection holds its slot (a semaphore permit) for as long as its socket is open, upgraded
 //! connections included. A connection with no request in flight (a new one that has not sent
-//! its request yet, one between keep-alive requests, one still sending its header) is *idle* and
-//! listed in the order it became idle. At the cap, a new connection closes the one idle the
-//! longest; when none is idle, every slot is serving a request, and new connections wait in the
-//! kernel's listen backlog until one ends.
+//! its request yet, one between keep-alive requests, one still sending its header) is *idle*.
+//! At the cap, a new connection closes the one idle the longest; when none is idle, every slot
+//! is serving a request, and new connections wait in the kernel's listen backlog until one ends.
+//!
+//! Every open connection is listed once, from its accept to its end; whether it is idle, and
+//! since when, is its own state (see `ConnState`), so that a request costs no work on the shared
+//! list. The list is searched only at the cap.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -21,6 +25,8 @@ pub(crate) struct Slots {
     permits: Arc<Semaphore>,
     cap: usize,
     idle: Mutex<IdleList>,
+    /// The next [`next_idle_turn`](Self::next_idle_turn).
+    idle_turns: AtomicU64,
     /// Notified whenever a slot is given back.
     released: Notify,
 }
@@ -28,7 +34,7 @@ pub(crate) struct Slots {
 #[derive(Debug, Default)]
 struct IdleList {
     next_key: u64,
-    /// By key, which grows: the first entry has been idle the longest.
+    /// Every open connection, by key.
     conns: BTreeMap<u64, Weak<ConnState>>,
 }
 
@@ -38,6 +44,7 @@ impl Slots {
             permits: Arc::new(Semaphore::new(cap)),
             cap,
             idle: Mutex::new(IdleList::default()),
+            idle_turns: AtomicU64::new(0),
             released: Notify::new(),
         })
     }
@@ -79,38 +86,52 @@ impl Slots {
         self.released.notified()
     }
 
-    /// Lists a connection as idle; returns its key in the list.
-    pub(crate) fn add_idle(&self, conn: &Arc<ConnState>) -> u64 {
+    /// Lists a new connection; returns its key in the list.
+    pub(crate) fn add(&self, conn: Weak<ConnState>) -> u64 {
         let mut idle = self.idle();
         let key = idle.next_key;
         idle.next_key += 1;
-        idle.conns.insert(key, Arc::downgrade(conn));
+        idle.conns.insert(key, conn);
         key
     }
 
-    /// Takes a connection off the idle list (it is busy, or closing).
-    pub(crate) fn remove_idle(&self, key: u64) {
+    /// Takes a connection off the list (it is closing).
+    pub(crate) fn remove(&self, key: u64) {
         self.idle().conns.remove(&key);
+    }
+
+    /// A number that grows each time a connection becomes idle: the lowest is idle the longest.
+    pub(crate) fn next_idle_turn(&self) -> u64 {
+        self.idle_turns.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Asks the connection idle the longest to close; `false` when none is idle.
     pub(crate) fn evict_oldest_idle(&self) -> bool {
-        loop {
-            let Some((_, conn)) = self.idle().conns.pop_first() else {
-                return false;
-            };
-            // A connection that has just ended may still be listed for an instant.
-            if let Some(conn) = conn.upgrade() {
+        let oldest = self
+            .idle()
+            .conns
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter_map(|conn| conn.idle_turn().map(|turn| (turn, conn)))
+            .min_by_key(|(turn, _)| *turn);
+        match oldest {
+            Some((_, conn)) => {
                 conn.evict();
-                return true;
+                true
             }
+            None => false,
         }
     }
 
-    /// Connections listed as idle now.
+    /// Connections idle now.
     #[cfg(test)]
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle().conns.len()
+        self.idle()
+            .conns
+            .values()
+            .filter_map(Weak::upgrade)
+            .filter(|conn| conn.idle_turn().is_some())
+            .count()
     }
 
     fn idle(&self) -> MutexGuard<'_, IdleList> {

@@ -91,7 +91,13 @@ async fn start(header: Duration, idle: Duration, max_connections: usize) -> Edge
         timeouts: Timeouts { header, idle },
         max_connections,
     };
-    let task = tokio::spawn(serve(listener, service.clone(), config, shutdown.clone()));
+    let task = tokio::spawn(serve(
+        listener,
+        service.clone(),
+        NoDirect,
+        config,
+        shutdown.clone(),
+    ));
     Edge {
         addr,
         service,

@@ -1,10 +1,11 @@
-//! Filters that decide who gets in: a session cookie or bearer secret, and a same-origin check
-//! for requests that change state.
+//! Who gets in: a session cookie or bearer secret, and a same-origin check for requests that
+//! change state; as warp filters for the API, and as plain functions of a request's headers for
+//! the plugin routes the edge serves itself ([`admit`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use warp::http::Method;
+use warp::http::{HeaderMap, Method};
 use warp::{Filter, Rejection};
 
 use super::{ApiError, State, with_state};
@@ -23,7 +24,7 @@ pub(crate) fn authenticated(
         .and(with_state(state))
         .and_then(
             |session: Option<String>, bearer: Option<String>, remote, state: State| async move {
-                match check(&state, session, bearer, remote).await {
+                match check(&state, session.as_deref(), bearer.as_deref(), remote).await {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(ApiError::unauthorized().reject()),
                     Err(wait) => Err(ApiError::too_many_attempts(wait).reject()),
@@ -39,7 +40,7 @@ pub(crate) fn is_authenticated(
 ) -> impl Filter<Extract = (bool,), Error = Rejection> + Clone + use<> {
     credentials().and(with_state(state)).then(
         |session: Option<String>, bearer: Option<String>, remote, state: State| async move {
-            check(&state, session, bearer, remote)
+            check(&state, session.as_deref(), bearer.as_deref(), remote)
                 .await
                 .unwrap_or(false)
         },
@@ -68,14 +69,88 @@ pub(crate) fn peer() -> impl Filter<Extract = (Option<SocketAddr>,), Error = Inf
     warp::ext::optional::<PeerAddr>().map(|peer: Option<PeerAddr>| peer.map(|p| p.0))
 }
 
+/// What the filters check, as one function of the request: the same-origin checks (403) of
+/// [`same_origin`], then [`authenticated`]'s (401, 429), then the same-origin check of a
+/// WebSocket upgrade (403).
+///
+/// # Errors
+/// The refusal, as the filters would have answered it.
+pub(crate) async fn admit(
+    state: &State,
+    method: &Method,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<(), ApiError> {
+    let site = header_text(headers, "sec-fetch-site")?;
+    let origin = header_text(headers, "origin")?;
+    let host = header_text(headers, "host")?;
+    if is_cross_origin(method, site, origin, host) {
+        return Err(cross_origin(
+            "requests that change state must come from this server's own pages",
+        ));
+    }
+    let session = session_cookie(headers);
+    let bearer = header_text(headers, "authorization")?.and_then(bearer);
+    match check(state, session, bearer, Some(remote)).await {
+        Ok(true) => {}
+        Ok(false) => return Err(ApiError::unauthorized()),
+        Err(wait) => return Err(ApiError::too_many_attempts(wait)),
+    }
+    // A WebSocket is refused from another site although it is a `GET`: a browser sends the
+    // session cookie with a cross-site WebSocket, and its answers are readable (cross-site
+    // WebSocket hijacking). Clients that send no `Origin` (not a browser) pass.
+    let upgrade = header_text(headers, "upgrade")?;
+    let is_upgrade = upgrade.is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
+    if is_upgrade && is_cross_site(site, origin, host) {
+        return Err(cross_origin(
+            "WebSockets must come from this server's own pages",
+        ));
+    }
+    Ok(())
+}
+
+/// A header's value as text (the first, when there are several); 400 when it is not text, as
+/// warp's header filters answer.
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("header {name} is not valid"))),
+    }
+}
+
+/// The session cookie's value, read as warp's cookie filter reads it (no cookie at all when a
+/// `Cookie` header is not text).
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    let mut values = Vec::new();
+    for value in headers.get_all(warp::http::header::COOKIE) {
+        values.push(value.to_str().ok()?);
+    }
+    values
+        .into_iter()
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.trim(), value.trim()))
+        })
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn cross_origin(message: &'static str) -> ApiError {
+    ApiError::new(warp::http::StatusCode::FORBIDDEN, "cross_origin", message)
+}
+
 /// `Ok(true)` when in, `Ok(false)` when not, `Err(wait)` when the client must wait.
 async fn check(
     state: &State,
-    session: Option<String>,
-    bearer: Option<String>,
+    session: Option<&str>,
+    bearer: Option<&str>,
     remote: Option<SocketAddr>,
 ) -> Result<bool, std::time::Duration> {
-    if session.is_some_and(|token| state.auth.session_valid(&token)) {
+    if session.is_some_and(|token| state.auth.session_valid(token)) {
         return Ok(true);
     }
     let Some(secret) = bearer else {
@@ -83,7 +158,7 @@ async fn check(
     };
     match state
         .auth
-        .check_secret(&secret, remote.map(|a| a.ip()))
+        .check_secret(secret, remote.map(|a| a.ip()))
         .await
     {
         Ok(()) => Ok(true),
@@ -112,42 +187,8 @@ pub(crate) fn same_origin() -> impl Filter<Extract = (), Error = Rejection> + Cl
              origin: Option<String>,
              host: Option<String>| async move {
                 if is_cross_origin(&method, site.as_deref(), origin.as_deref(), host.as_deref()) {
-                    Err(ApiError::new(
-                        warp::http::StatusCode::FORBIDDEN,
-                        "cross_origin",
+                    Err(cross_origin(
                         "requests that change state must come from this server's own pages",
-                    )
-                    .reject())
-                } else {
-                    Ok(())
-                }
-            },
-        )
-        .untuple_one()
-}
-
-/// Refuses (403 `cross_origin`) a WebSocket upgrade from another site, checked like a
-/// state-changing request although it is a `GET`: a browser sends the session cookie with a
-/// cross-site WebSocket, and the WebSocket's answers are readable (cross-site WebSocket
-/// hijacking). Clients that send no `Origin` (not a browser) pass.
-pub(crate) fn same_origin_upgrade() -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("upgrade")
-        .and(warp::header::optional::<String>("sec-fetch-site"))
-        .and(warp::header::optional::<String>("origin"))
-        .and(warp::header::optional::<String>("host"))
-        .and_then(
-            |upgrade: Option<String>,
-             site: Option<String>,
-             origin: Option<String>,
-             host: Option<String>| async move {
-                let is_upgrade =
-                    upgrade.is_some_and(|u| u.trim().eq_ignore_ascii_case("websocket"));
-                if is_upgrade && is_cross_site(site.as_deref(), origin.as_deref(), host.as_deref())
-                {
-                    Err(ApiError::new(
-                        warp::http::StatusCode::FORBIDDEN,
-                        "cross_origin",
-                        "WebSockets must come from this server's own pages",
                     )
                     .reject())
                 } else {

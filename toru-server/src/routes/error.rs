@@ -81,14 +81,21 @@ impl ApiError {
     }
 
     pub(crate) fn into_response(self) -> Response {
+        self.into_http().map(Into::into)
+    }
+
+    /// The response, its body as bytes (for the routes the edge serves itself).
+    pub(crate) fn into_http(self) -> warp::http::Response<bytes::Bytes> {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
         if let Some(fields) = self.fields {
             body["error"]["fields"] = serde_json::Value::Object(*fields);
         }
-        let mut response = warp::Reply::into_response(warp::reply::with_status(
-            warp::reply::json(&body),
-            self.status,
-        ));
+        let mut response = warp::http::Response::new(bytes::Bytes::from(body.to_string()));
+        *response.status_mut() = self.status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(after) = self.retry_after {
             // Whole seconds, rounded up, at least one.
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

@@ -6,7 +6,7 @@
 //! | `/healthz`, `/metrics` | here |
 //! | `/api/login`, `/api/logout`, `/api/session` | [`session`] |
 //! | `/api/...` | [`api`], [`events`] |
-//! | `/plugins/<route>/...` | [`plugins`] |
+//! | `/plugins/<route>/...` | [`plugins`], served by the edge itself ([`PluginRoutes`]) |
 //! | `/`, `/login`, `/assets/...` | [`assets`] |
 
 mod access;
@@ -30,6 +30,7 @@ use warp::{Filter, Reply};
 use crate::auth::Auth;
 pub(crate) use access::SESSION_COOKIE;
 pub(crate) use error::ApiError;
+pub(crate) use plugins::PluginRoutes;
 
 /// What every handler may use.
 #[derive(Debug)]
@@ -70,8 +71,6 @@ pub(crate) fn routes(
         .and(
             healthz()
                 .or(api)
-                .unify()
-                .or(plugins::routes(state))
                 .unify()
                 .or(metrics(state))
                 .unify()

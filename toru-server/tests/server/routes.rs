@@ -141,3 +141,101 @@ async fn unknown_routes_are_404_with_a_json_error() {
     }
     server.stop().await;
 }
+
+/// Requests in [`none_lost_or_answered_twice_over_64_connections`], and their connections.
+const MANY_REQUESTS: usize = 10_000;
+const MANY_CONNECTIONS: usize = 64;
+
+/// What request `i` is, and the one answer that is its own: a greeting (counted by the
+/// plugin), an echo of its own query, or the SHA-256 of its own 1 KiB body.
+fn many_request(i: usize) -> (Method, String, Option<Vec<u8>>) {
+    match i % 3 {
+        0 => (Method::GET, "/plugins/hello-rust/".into(), None),
+        1 => (Method::GET, format!("/plugins/hello-rust/echo?i={i}"), None),
+        _ => {
+            let body = format!("{{\"request\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)).into_bytes();
+            (
+                Method::POST,
+                "/plugins/hello-rust/sha256".into(),
+                Some(body),
+            )
+        }
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The forwarding path under concurrency: 10,000 requests over 64 keep-alive connections, each
+/// answered exactly once with its own answer (a mixed-up or doubled answer on a connection
+/// shows as another request's answer), and the plugin's own counts match what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn none_lost_or_answered_twice_over_64_connections() {
+    let env = Env::new();
+    env.install_rust_example();
+    let server = Server::start(&env, &[]).await;
+    server.wait_running(&["hello-rust"]).await;
+    let before = server.json("/plugins/hello-rust/stats").await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..MANY_CONNECTIONS {
+        // One client each, one connection each (its requests go one after another).
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .build()
+            .expect("http client");
+        let url = server.url.clone();
+        tasks.spawn(async move {
+            let mut answered = 0usize;
+            for i in (c..MANY_REQUESTS).step_by(MANY_CONNECTIONS) {
+                let (method, path, body) = many_request(i);
+                let mut request = client
+                    .request(method, format!("{url}{path}"))
+                    .bearer_auth(crate::util::SECRET);
+                if let Some(body) = &body {
+                    request = request
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                }
+                let r = request
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("request {i}: {e}"));
+                assert_eq!(r.status(), 200, "request {i}");
+                let text = r.text().await.unwrap_or_else(|e| panic!("answer {i}: {e}"));
+                match i % 3 {
+                    0 => assert!(text.contains("Hello from Rust!"), "request {i}: {text}"),
+                    1 => {
+                        let echo: Value = serde_json::from_str(&text).expect("echo JSON");
+                        assert_eq!(echo["query"], format!("i={i}"), "request {i}: {text}");
+                    }
+                    _ => assert_eq!(text, sha256_hex(&body.expect("a body")), "request {i}"),
+                }
+                answered += 1;
+            }
+            answered
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        answered += done.expect("a connection's requests");
+    }
+    assert_eq!(answered, MANY_REQUESTS);
+
+    // Nothing is in flight now: the plugin served each exactly once.
+    let after = server.json("/plugins/hello-rust/stats").await;
+    let count = |v: &Value, k: &str| v[k].as_u64().expect("a count");
+    let greetings = (0..MANY_REQUESTS).filter(|i| i % 3 == 0).count() as u64;
+    let hashes = (0..MANY_REQUESTS).filter(|i| i % 3 == 2).count() as u64;
+    assert_eq!(
+        count(&after, "greetings") - count(&before, "greetings"),
+        greetings
+    );
+    assert_eq!(count(&after, "hashes") - count(&before, "hashes"), hashes);
+}

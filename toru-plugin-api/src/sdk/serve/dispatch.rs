@@ -189,11 +189,15 @@ impl<P: ToruPlugin> Connection<P> {
             link: self.link.clone(),
             in_flight: self.in_flight.clone(),
         };
-        let refused = self
-            .in_flight
-            .spawn(&mut self.tasks, id, stream, handle(call));
-        let text = match refused {
-            Ok(()) => return None,
+        let text = match self.in_flight.admit(id, stream) {
+            Ok(()) => {
+                // Started once the frames read with it are handled: its body may be among them.
+                self.starting
+                    .get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((id, Box::pin(handle(call))));
+                return None;
+            }
             Err(Refused::Duplicate) => format!("request {id} is already in flight"),
             Err(Refused::TooMany) => format!(
                 "{} requests are in flight, the most this plugin takes",
