@@ -19,35 +19,11 @@ cd "$(dirname "$0")/../.."
 echo "building release binaries ..."
 cargo build --release --quiet -p toru-server -p toru-host -p toru-benches \
     --bin toru-server --bin toru-test-plugin --bin bare-stream-server --bin stream-bench
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-bin="$target_dir/release"
+# shellcheck source=benches/load/common.sh
+source benches/load/common.sh
 
 # A thousand clients and their thousand streams need descriptors on both sides.
 ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Waits (up to 30 s) for "listening on http://ADDR" in file $1 and prints the URL.
-url_from() {
-    for _ in $(seq 300); do
-        if url=$(grep -o 'listening on http://[0-9.:]*' "$1" 2>/dev/null | head -n1); then
-            echo "${url#listening on }"
-            return
-        fi
-        sleep 0.1
-    done
-    echo "no listening line in $1:" >&2
-    cat "$1" >&2
-    exit 1
-}
 
 mkdir -p "$work/plugins"
 printf '#!/bin/sh\nexec %q v2 bench "$@"\n' "$bin/toru-test-plugin" >"$work/plugins/bench.binary"
